@@ -1,0 +1,167 @@
+"""ELBO terms against closed forms: Gaussian data with the optimal denoiser, the decoder, the prior KL."""
+
+import math
+
+import numpy as np
+import pytest
+import jax
+import jax.numpy as jnp
+
+from vdm import diffusion as D
+from vdm import losses as L
+from vdm import schedules as S
+
+G0, G1 = -13.3, 5.0
+DIM, SCALE = 4, 0.5  # x ~ N(0, SCALE^2 I_DIM)
+
+
+def optimal_eps_hat(z, gamma):
+    """E[eps | z] for x ~ N(0, s^2 I): sigma z / (alpha^2 s^2 + sigma^2)."""
+    a, s = D.alpha_sigma(D.expand_gamma(gamma, z))
+    return s * z / (a**2 * SCALE**2 + s**2)
+
+
+def exact_continuous(g0=G0, g1=G1):
+    return DIM / 2 * math.log((1 + math.exp(-g0) * SCALE**2) / (1 + math.exp(-g1) * SCALE**2))
+
+
+def exact_discrete_linear(T, g0=G0, g1=G1):
+    t = np.arange(1, T + 1, dtype=np.float64) / T
+    snr_t = np.exp(-(g0 + (g1 - g0) * t))
+    snr_s = np.exp(-(g0 + (g1 - g0) * (t - 1 / T)))
+    return DIM / 2 * np.sum((snr_s - snr_t) * SCALE**2 / (1 + snr_t * SCALE**2))
+
+
+def _monte_carlo(gamma_fn, num_steps, n=200_000, seed=0):
+    k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
+    x = SCALE * jax.random.normal(k1, (n, DIM))
+    eps = jax.random.normal(k2, (n, DIM))
+    t = L.low_discrepancy_times(k3, n)
+    per_example = jax.jit(lambda x, e, t: L.diffusion_loss(x, e, t, optimal_eps_hat, gamma_fn, num_steps))(x, eps, t)
+    per_example = np.asarray(per_example, np.float64)
+    return per_example.mean(), per_example.std() / math.sqrt(n)
+
+
+def _schedule_fns():
+    fns = {}
+    for name in ("fixed_linear", "alpha_cosine", "monotone_net"):
+        sched = S.make_schedule(name, G0, G1)
+        params = sched.init(jax.random.key(7))
+        fns[name] = (lambda s, p: (lambda t: s(p, t)))(sched, params)
+    return fns
+
+
+@pytest.mark.parametrize("name", ["fixed_linear", "alpha_cosine", "monotone_net"])
+def test_continuous_loss_matches_closed_form_for_any_schedule_shape(name):
+    mean, se = _monte_carlo(_schedule_fns()[name], 0)
+    exact = exact_continuous()
+    assert abs(mean - exact) < 4 * se, f"{name}: MC {mean:.4f} +- {se:.4f} vs exact {exact:.4f}"
+
+
+@pytest.mark.parametrize("T", [10, 100, 1000])
+def test_discrete_loss_matches_closed_form(T):
+    mean, se = _monte_carlo(_schedule_fns()["fixed_linear"], T, seed=T)
+    exact = exact_discrete_linear(T)
+    assert abs(mean - exact) < 4 * se, f"T={T}: MC {mean:.4f} +- {se:.4f} vs exact {exact:.4f}"
+
+
+def test_discrete_exact_values_decrease_towards_continuous():
+    cont = exact_continuous()
+    values = [exact_discrete_linear(T) for T in (10, 100, 1000)]
+    assert values[0] > values[1] > values[2] > cont
+    assert (values[2] - cont) / cont < 0.01
+
+
+def test_low_discrepancy_times_are_stratified_and_shardable():
+    key = jax.random.key(3)
+    t = np.asarray(L.low_discrepancy_times(key, 64))
+    assert t.min() >= 0 and t.max() < 1
+    assert sorted(np.floor(t * 64).astype(int).tolist()) == list(range(64))  # one per stratum
+    parts = [L.low_discrepancy_times(key, 16, start_index=16 * i, global_batch_size=64) for i in range(4)]
+    np.testing.assert_allclose(np.concatenate(parts), t, atol=1e-7)
+
+
+def test_discrete_time_grid_mapping():
+    """t in ((i-1)/T, i/T] -> t = i/T, s = (i-1)/T; t = 0 -> 1/T."""
+    T = 4
+    gamma_fn = lambda t: -1.0 + 2.0 * t
+    x = jnp.zeros((5, 1))
+    eps = jnp.ones((5, 1))
+    zero_hat = lambda z, g: jnp.zeros_like(z)
+    loss = L.diffusion_loss(x, eps, jnp.array([0.0, 0.1, 0.25, 0.26, 0.99]), zero_hat, gamma_fn, T)
+    np.testing.assert_allclose(loss, np.full(5, 0.5 * T * math.expm1(2.0 / T)), rtol=1e-6)
+
+
+def test_prior_kl_equals_gaussian_kl():
+    x = jax.random.uniform(jax.random.key(0), (3, 2, 2, 3), minval=-1, maxval=1)
+    for g1 in (-2.0, 5.0, 12.0):
+        a2 = 1 / (1 + math.exp(g1))  # float64 reference: KL(N(a x, 1 - a^2) || N(0, 1))
+        xx = np.asarray(x, np.float64)
+        ref = np.sum(0.5 * (a2 * xx**2 + (1 - a2) - np.log(1 - a2) - 1), axis=(1, 2, 3))
+        np.testing.assert_allclose(L.prior_kl(x, g1), ref, rtol=1e-5, atol=1e-8)
+
+
+def test_decoder_normalised_and_recovers_data_at_high_snr():
+    V = 17
+    x_int = jax.random.randint(jax.random.key(1), (6, 8, 8, 1), 0, V)
+    x = L.scale_data(x_int, V)
+    for g0 in (-13.3, -2.0, 3.0):
+        z0 = D.q_sample(x, g0, jax.random.normal(jax.random.key(2), x.shape))
+        probs = jnp.exp(L.decoder_log_probs(z0, g0, V))
+        np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+    z0 = D.q_sample(x, -13.3, jax.random.normal(jax.random.key(2), x.shape))
+    assert bool(jnp.all(jnp.argmax(L.decoder_log_probs(z0, -13.3, V), -1) == x_int))
+    assert float(L.reconstruction_loss(x_int, z0, -13.3, V).max()) < 1e-3
+    # at low SNR_0 the decoder knows nearly nothing: close to D log V
+    z0 = D.q_sample(x, 8.0, jax.random.normal(jax.random.key(2), x.shape))
+    per_dim = L.reconstruction_loss(x_int, z0, 8.0, V) / 64
+    assert float(per_dim.mean()) > 0.9 * math.log(V)
+
+
+def test_decoder_same_per_dimension_likelihood_for_one_and_three_channels():
+    V = 256
+    x1 = jax.random.randint(jax.random.key(3), (4, 5, 5, 1), 0, V)
+    z1 = D.q_sample(L.scale_data(x1, V), -6.0, jax.random.normal(jax.random.key(4), x1.shape))
+    x3, z3 = jnp.repeat(x1, 3, axis=-1), jnp.repeat(z1, 3, axis=-1)
+    r1 = L.reconstruction_loss(x1, z1, -6.0, V) / 25
+    r3 = L.reconstruction_loss(x3, z3, -6.0, V) / 75
+    np.testing.assert_allclose(r1, r3, rtol=1e-5)
+
+
+def test_elbo_terms_sum_and_bpd():
+    V = 17
+    x_int = jax.random.randint(jax.random.key(5), (8, 4, 4, 1), 0, V)
+    sched = S.FixedLinear(G0, G1)
+    eps_hat = lambda z, g: 0.1 * z
+    terms = jax.jit(lambda x, k: L.elbo_terms(x, k, eps_hat, lambda t: sched({}, t), V))(x_int, jax.random.key(6))
+    np.testing.assert_allclose(terms["total"], terms["prior"] + terms["reconstruction"] + terms["diffusion"], rtol=1e-6)
+    np.testing.assert_allclose(terms["bpd"], terms["total"] / (16 * math.log(2)), rtol=1e-6)
+    np.testing.assert_allclose(
+        terms["bpd"], terms["bpd_prior"] + terms["bpd_reconstruction"] + terms["bpd_diffusion"], rtol=1e-5)
+    assert terms["bpd"].shape == (8,)
+
+
+def test_simple_loss_is_mean_squared_eps_error():
+    x = jnp.zeros((2, 3))
+    eps = jnp.ones((2, 3))
+    out = L.simple_loss(x, eps, jnp.array([0.2, 0.7]), lambda z, g: jnp.zeros_like(z), lambda t: t)
+    np.testing.assert_allclose(out, [1.0, 1.0])
+
+
+@pytest.mark.parametrize("g0,g1", [(-30.0, 30.0), (-30.0, -29.0), (29.0, 30.0)])
+def test_losses_finite_at_extreme_gamma_under_jit_vmap_grad(g0, g1):
+    V = 256
+    x_int = jax.random.randint(jax.random.key(8), (4, 3, 3, 3), 0, V)
+    sched = S.LearnedLinear(g0, g1)
+    params = sched.init()
+
+    def total(p, T):
+        eps_hat = lambda z, g: jnp.tanh(z)
+        return L.elbo_terms(x_int, jax.random.key(9), eps_hat, lambda t: sched(p, t), V, num_steps=T)["total"]
+
+    for T in (0, 10):
+        assert bool(jnp.all(jnp.isfinite(jax.jit(total, static_argnums=1)(params, T))))
+        g = jax.grad(lambda p: jnp.mean(total(p, T)))(params)
+        assert all(bool(jnp.all(jnp.isfinite(l))) for l in jax.tree.leaves(g))
+    per_x = jax.vmap(lambda xi: L.reconstruction_loss(xi[None], L.scale_data(xi[None], V), g0, V))(x_int)
+    assert bool(jnp.all(jnp.isfinite(per_x)))

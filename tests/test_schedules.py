@@ -1,0 +1,82 @@
+"""Noise schedules: monotone, exact endpoints, finite derivatives, stable at extremes."""
+
+import numpy as np
+import pytest
+import jax
+import jax.numpy as jnp
+
+from vdm import schedules as S
+
+G0, G1 = -13.3, 5.0
+ALL = ["fixed_linear", "learned_linear", "monotone_net", "beta_linear", "alpha_cosine"]
+
+
+def _params(name, g0=G0, g1=G1, seed=0):
+    sched = S.make_schedule(name, g0, g1)
+    return sched, sched.init(jax.random.key(seed))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_endpoints_exact_and_strictly_increasing(name):
+    sched, params = _params(name)
+    t = jnp.linspace(0.0, 1.0, 4001)
+    g = sched(params, t)
+    np.testing.assert_allclose(g[0], G0, atol=2e-5)
+    np.testing.assert_allclose(g[-1], G1, atol=2e-5)
+    assert bool(jnp.all(jnp.diff(g) > 0)), "gamma must be strictly increasing"
+    _, dg = S.gamma_and_derivative(lambda u: sched(params, u), t)
+    assert bool(jnp.all(dg > 0)) and bool(jnp.all(jnp.isfinite(dg)))
+    # derivative agrees with finite differences
+    fd = np.gradient(np.asarray(g, np.float64), np.asarray(t, np.float64))
+    np.testing.assert_allclose(np.asarray(dg)[5:-5], fd[5:-5], rtol=2e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_monotone_net_random_params(seed):
+    sched = S.MonotoneNet(gamma_min=-7.0, gamma_max=9.0, width=64)
+    params = sched.init(jax.random.key(seed))
+    keys = jax.random.split(jax.random.key(100 + seed), 4)
+    # scramble every interior parameter, far from the initialisation
+    leaves, tree = jax.tree.flatten(params["interior"])
+    leaves = [l + 3.0 * jax.random.normal(k, l.shape) for l, k in zip(leaves, jax.random.split(keys[0], len(leaves)))]
+    params = {"endpoints": {"gamma_0": jnp.float32(-7.0), "delta": jnp.float32(2.0)}, "interior": jax.tree.unflatten(tree, leaves)}
+    t = jnp.linspace(0.0, 1.0, 10001)
+    g = sched(params, t)
+    g0, g1 = S.endpoints(params)
+    np.testing.assert_allclose([g[0], g[-1]], [g0, g1], atol=1e-5)
+    assert float(g1) > float(g0)
+    assert bool(jnp.all(jnp.diff(g) > 0))
+    grads = jax.grad(lambda p: jnp.sum(S.gamma_and_derivative(lambda u: sched(p, u), t)[1] ** 2))(params)
+    assert all(bool(jnp.all(jnp.isfinite(l))) for l in jax.tree.leaves(grads))
+    assert any(float(jnp.abs(l).max()) > 0 for l in jax.tree.leaves(grads["interior"]))
+
+
+def test_learned_endpoints_keep_order():
+    sched = S.LearnedLinear(-2.0, 3.0)
+    params = sched.init()
+    for delta in (-8.0, 0.0, 8.0):  # gamma_1 = gamma_0 + softplus(delta) > gamma_0 for any delta
+        params["endpoints"]["delta"] = jnp.float32(delta)
+        g0, g1 = S.endpoints(params)
+        assert float(g1) > float(g0)
+        np.testing.assert_allclose(float(g1 - g0), np.log1p(np.exp(delta)), rtol=1e-3)
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("g0,g1", [(-30.0, 30.0), (-13.3, 5.0), (-1.0, 1.0)])
+def test_extreme_endpoints_finite_under_jit_vmap_grad(name, g0, g1):
+    sched, params = _params(name, g0, g1)
+    t = jnp.linspace(0.0, 1.0, 257)
+    g, dg = jax.jit(lambda p, u: S.gamma_and_derivative(lambda v: sched(p, v), u))(params, t)
+    assert bool(jnp.all(jnp.isfinite(g))) and bool(jnp.all(jnp.isfinite(dg)))
+    np.testing.assert_allclose([g[0], g[-1]], [g0, g1], atol=5e-5 * max(1, abs(g0), abs(g1)))
+    gv = jax.vmap(lambda u: sched(params, u))(t)
+    np.testing.assert_allclose(gv, g, rtol=1e-5, atol=1e-5)
+    dt = jax.vmap(jax.grad(lambda u: sched(params, u)))(t)
+    np.testing.assert_allclose(dt, dg, rtol=1e-3, atol=1e-3)
+
+
+def test_bad_endpoints_and_names():
+    with pytest.raises(ValueError, match="gamma_min < gamma_max"):
+        S.make_schedule("fixed_linear", 5.0, -13.3)
+    with pytest.raises(ValueError, match="unknown schedule"):
+        S.make_schedule("quadratic", -1.0, 1.0)

@@ -1,0 +1,3 @@
+"""vdm: Variational Diffusion Models in JAX + Flax."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,175 @@
+"""ELBO terms of a VDM as pure functions of arrays and callables.
+
+Data are integers x in {0, ..., V-1}^D, mapped to x~ = 2 (x + 1/2) / V - 1 in
+(-1, 1). With z_t ~ q(z_t | x) and a denoiser eps_hat_fn(z_t, gamma_t):
+
+    -log p(x) <= prior + reconstruction + diffusion        (nats per example)
+    prior          = KL(q(z_1 | x) || N(0, I))
+    reconstruction = -E_{q(z_0|x)} log p(x | z_0)            (discretised decoder)
+    diffusion      = L_T (num_steps = T) or L_inf (num_steps = 0)
+
+Callables:
+    eps_hat_fn(z [B, ...], gamma [B]) -> eps_hat [B, ...]
+    gamma_fn(t [B]) -> gamma [B]      (elementwise, strictly increasing)
+
+Every function returns per-example values ``[B]`` in nats unless named otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from vdm import diffusion
+from vdm.schedules import gamma_and_derivative
+
+__all__ = [
+    "scale_data",
+    "bin_centers",
+    "low_discrepancy_times",
+    "diffusion_loss",
+    "simple_loss",
+    "prior_kl",
+    "decoder_logits",
+    "decoder_log_probs",
+    "reconstruction_loss",
+    "elbo_terms",
+    "bits_per_dim",
+]
+
+
+def _sum_except_batch(a):
+    return jnp.sum(a.reshape(a.shape[0], -1), axis=-1)
+
+
+def scale_data(x_int, vocab_size: int):
+    """x in {0..V-1} -> bin centre x~ = 2 (x + 1/2) / V - 1, float32."""
+    return 2.0 * (jnp.asarray(x_int, jnp.float32) + 0.5) / vocab_size - 1.0
+
+
+def bin_centers(vocab_size: int):
+    """The V values x~_k = 2 (k + 1/2) / V - 1, shape [V]."""
+    return scale_data(jnp.arange(vocab_size), vocab_size)
+
+
+def low_discrepancy_times(key, batch_size: int, start_index=0, global_batch_size: int | None = None):
+    """t_i = mod(u + i / B_global, 1) with one shared u ~ U[0, 1).
+
+    i runs over `start_index, ..., start_index + batch_size - 1`, so each device
+    or host asks for its own slice of one global stratified draw.
+
+    Returns:
+      t [batch_size] in [0, 1).
+    """
+    n = global_batch_size or batch_size
+    u = jax.random.uniform(key, ())
+    i = start_index + jnp.arange(batch_size)
+    return jnp.mod(u + i / n, 1.0)
+
+
+def _eps_error(x, eps, gamma, eps_hat_fn):
+    z = diffusion.q_sample(x, gamma, eps)
+    return _sum_except_batch(jnp.square(eps - eps_hat_fn(z, gamma)))
+
+
+def diffusion_loss(x, eps, t, eps_hat_fn, gamma_fn, num_steps: int = 0):
+    """Diffusion term of the ELBO, one Monte-Carlo sample per example.
+
+    Continuous time (num_steps = 0):  L_inf = 1/2 gamma'(t) ||eps - eps_hat(z_t; gamma_t)||^2.
+    Discrete time (num_steps = T):    t is mapped to ceil(t T) / T (0 -> 1/T), s = t - 1/T,
+                                      L_T = T/2 expm1(gamma_t - gamma_s) ||eps - eps_hat(z_t; gamma_t)||^2.
+
+    Args:
+      x: data in the network's scale [B, ...] (for images: `scale_data(x_int, V)`).
+      eps: N(0, I) noise, x's shape. t: times in [0, 1), [B].
+      eps_hat_fn, gamma_fn: see module docstring. num_steps: T, or 0 for continuous time.
+    Returns:
+      [B] nats; unbiased for the term's expectation over t ~ U[0, 1), eps.
+    """
+    t = jnp.asarray(t, jnp.float32)
+    if num_steps == 0:
+        gamma, dgamma = gamma_and_derivative(gamma_fn, t)
+        return 0.5 * dgamma * _eps_error(x, eps, gamma, eps_hat_fn)
+    T = num_steps
+    t = jnp.maximum(jnp.ceil(t * T), 1.0) / T
+    gamma_t, gamma_s = gamma_fn(t), gamma_fn(t - 1.0 / T)
+    return 0.5 * T * jnp.expm1(gamma_t - gamma_s) * _eps_error(x, eps, gamma_t, eps_hat_fn)
+
+
+def simple_loss(x, eps, t, eps_hat_fn, gamma_fn):
+    """DDPM's L_simple: mean over dimensions of ||eps - eps_hat(z_t)||^2, [B]. A training objective, not a bound."""
+    gamma = gamma_fn(jnp.asarray(t, jnp.float32))
+    return _eps_error(x, eps, gamma, eps_hat_fn) / math.prod(x.shape[1:])
+
+
+def prior_kl(x, gamma_1):
+    """KL(q(z_1 | x) || N(0, I)) = 1/2 sum_i (alpha_1^2 (x_i^2 - 1) - log sigma_1^2), [B].
+
+    x: data in the network's scale [B, ...]; gamma_1: scalar or [B].
+    """
+    gamma_1 = diffusion.expand_gamma(gamma_1, x)
+    alpha_sq = jax.nn.sigmoid(-gamma_1)
+    kl = 0.5 * (alpha_sq * (jnp.square(x) - 1.0) - jax.nn.log_sigmoid(gamma_1))
+    return _sum_except_batch(jnp.broadcast_to(kl, x.shape))
+
+
+def decoder_logits(z_0, gamma_0, vocab_size: int):
+    """Unnormalised log p(x_i = k | z_0) = -1/2 SNR_0 (z_{0,i} / alpha_0 - x~_k)^2, [..., V]."""
+    gamma_0 = diffusion.expand_gamma(gamma_0, z_0)
+    alpha_0 = jnp.sqrt(jax.nn.sigmoid(-gamma_0))
+    z_rescaled = (z_0 / alpha_0)[..., None]
+    return -0.5 * jnp.exp(-gamma_0)[..., None] * jnp.square(z_rescaled - bin_centers(vocab_size))
+
+
+def decoder_log_probs(z_0, gamma_0, vocab_size: int):
+    """log p(x_i = k | z_0) for every dimension i and value k, [B, ..., V]; per-dimension softmax."""
+    return jax.nn.log_softmax(decoder_logits(z_0, gamma_0, vocab_size), axis=-1)
+
+
+def reconstruction_loss(x_int, z_0, gamma_0, vocab_size: int):
+    """-log p(x | z_0) = -sum_i log p(x_i | z_0), [B]; any number of channels.
+
+    x_int: integer data [B, ...]; z_0: a draw from q(z_0 | x), x_int's shape.
+    """
+    log_probs = decoder_log_probs(z_0, gamma_0, vocab_size)
+    picked = jnp.take_along_axis(log_probs, jnp.asarray(x_int, jnp.int32)[..., None], axis=-1)[..., 0]
+    return -_sum_except_batch(picked)
+
+
+def bits_per_dim(nats, num_dims: int):
+    """nats / (D ln 2)."""
+    return nats / (num_dims * math.log(2.0))
+
+
+def elbo_terms(x_int, key, eps_hat_fn, gamma_fn, vocab_size: int, num_steps: int = 0, t=None):
+    """All three ELBO terms and the total, per example, in nats and bits/dim.
+
+    Args:
+      x_int: integer data [B, ...] in {0..V-1}. key: PRNG key (noise for z_0, z_t, and t).
+      eps_hat_fn, gamma_fn: see module docstring. num_steps: T, or 0 for continuous time.
+      t: optional times [B]; by default low-discrepancy draws.
+    Returns:
+      dict of [B] arrays: 'prior', 'reconstruction', 'diffusion', 'total' (nats) and
+      'bpd', 'bpd_prior', 'bpd_reconstruction', 'bpd_diffusion' (bits per dimension).
+    """
+    x = scale_data(x_int, vocab_size)
+    batch, num_dims = x.shape[0], math.prod(x.shape[1:])
+    key_t, key_0, key_eps = jax.random.split(key, 3)
+    if t is None:
+        t = low_discrepancy_times(key_t, batch)
+    gamma_01 = gamma_fn(jnp.array([0.0, 1.0]))
+    gamma_0 = jnp.broadcast_to(gamma_01[0], (batch,))
+    gamma_1 = jnp.broadcast_to(gamma_01[1], (batch,))
+    z_0 = diffusion.q_sample(x, gamma_0, jax.random.normal(key_0, x.shape))
+    terms = {
+        "prior": prior_kl(x, gamma_1),
+        "reconstruction": reconstruction_loss(x_int, z_0, gamma_0, vocab_size),
+        "diffusion": diffusion_loss(x, jax.random.normal(key_eps, x.shape), t, eps_hat_fn, gamma_fn, num_steps),
+    }
+    terms["total"] = terms["prior"] + terms["reconstruction"] + terms["diffusion"]
+    for name in ("prior", "reconstruction", "diffusion"):
+        terms["bpd_" + name] = bits_per_dim(terms[name], num_dims)
+    terms["bpd"] = bits_per_dim(terms["total"], num_dims)
+    return terms
