@@ -1,0 +1,29 @@
+"""A 1-block, 8-channel digits model for tests and smoke runs (seconds per step on a CPU).
+
+Run:
+  python -m vdm.main --config=configs/tiny.py --workdir=/tmp/vdm_tiny
+Reaches no particular bpd: it exists to exercise every code path quickly.
+"""
+
+from configs import digits
+
+
+def get_config(arg=None):
+    c = digits.get_config()
+    c.model.channels = 8
+    c.model.num_blocks = 1
+    c.model.dropout = 0.0
+    c.schedule.name = "learned_linear"  # exercise the ELBO path with learned endpoints
+    c.loss.objective = "elbo"
+    c.training.batch_size = 16
+    c.training.num_steps = 8
+    c.training.steps_per_call = 2
+    c.training.log_every = 2
+    c.training.eval_every = 4
+    c.training.max_seconds = 0.0
+    c.optim.warmup_steps = 2
+    c.eval.batch_size = 100
+    c.eval.num_repeats = 2
+    c.eval.num_samples = 16
+    c.eval.sampler_steps = 8
+    return c

@@ -1,0 +1,92 @@
+"""Config validation errors name the key; a CLI run of the tiny config writes every output."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from vdm.config_validation import ConfigError, apply_overrides, load_config_file, validate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ALL_CONFIGS = ["base", "digits", "tiny", "cifar10", "imagenet32", "imagenet64"]
+
+
+@pytest.mark.parametrize("name", ALL_CONFIGS)
+def test_every_shipped_config_is_valid(name):
+    validate(load_config_file(os.path.join(ROOT, "configs", f"{name}.py")))
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"model.chanels": 3}, "unknown config key 'model.chanels'"),
+        ({"training.batch_size": "big"}, "'training.batch_size'"),
+        ({"training.batch_size": 2.5}, "'training.batch_size' must be int"),
+        ({"schedule.gamma_min": 6.0}, "'schedule.gamma_min' = 6.0 must be < 'schedule.gamma_max'"),
+        ({"schedule.name": "quadratic"}, "'schedule.name'"),
+        ({"model.prediction": "noise"}, "'model.prediction'"),
+        ({"training.num_steps": 0}, "'training.num_steps' must be > 0"),
+        ({"model.dropout": 1.5}, "'model.dropout' must be in [0, 1)"),
+        ({"data.image_shape": (8, 8)}, "'data.image_shape'"),
+        ({"optim.decay": "linear"}, "'optim.decay'"),
+    ],
+)
+def test_invalid_values_fail_naming_the_key(overrides, message):
+    config = load_config_file(os.path.join(ROOT, "configs", "digits.py"))
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(config, overrides)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_variant_is_rejected():
+    with pytest.raises(ValueError, match="unknown variant"):
+        load_config_file(os.path.join(ROOT, "configs", "digits.py"), "huge")
+
+
+def _run_cli(args, cwd=ROOT, timeout=600):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "vdm.main", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_config_error_is_one_line():
+    proc = _run_cli(["--config=configs/tiny.py", "--workdir=/tmp/unused", "--config.schedule.gamma_min=9.0"])
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "'schedule.gamma_min'" in proc.stderr
+    proc = _run_cli(["--config=configs/tiny.py", "--workdir=/tmp/unused", "--config.model.nope=1"])
+    assert proc.returncode == 2 and "unknown config key 'model.nope'" in proc.stderr
+
+
+def test_cli_tiny_run_writes_every_output(tmp_path):
+    workdir = tmp_path / "run"
+    proc = _run_cli(["--config=configs/tiny.py", f"--workdir={workdir}", "--config.training.seed=3"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("test_bpd=") and f"results={workdir}/results.json" in last
+    names = set(os.listdir(workdir))
+    for expected in ("config.json", "metrics.jsonl", "results.json", "samples_final.png", "log_snr_final.png",
+                     "samples_step4.png", "log_snr_step4.png", "samples.npz", "checkpoints", "tensorboard"):
+        assert expected in names, (expected, names)
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir / "tensorboard"))
+    cfg = json.loads((workdir / "config.json").read_text())
+    assert cfg["config"]["training"]["seed"] == 3 and cfg["packages"]["jax"] and "git_commit" in cfg
+    rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["split"] == "train"]
+    assert [r["step"] for r in train_rows] == [2, 4, 6, 8]
+    for key in ("bpd", "bpd_prior", "bpd_reconstruction", "bpd_diffusion", "learning_rate", "grad_norm",
+                "steps_per_sec", "gamma_0", "gamma_1"):
+        assert key in train_rows[0], key
+    assert any(r["split"] == "eval" for r in rows)
+    res = json.loads((workdir / "results.json").read_text())
+    assert res["test_bpd"] > 0 and res["test_bpd_stderr"] > 0 and "EMA" in res["parameters"]
+    assert abs(res["test_bpd"] - (res["test_bpd_prior"] + res["test_bpd_reconstruction"] + res["test_bpd_diffusion"])) < 1e-4
+    # eval and sample modes restore the checkpoint
+    proc = _run_cli(["--config=configs/tiny.py", f"--workdir={workdir}", "--mode=eval"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1].startswith("test_bpd=")
+    proc = _run_cli(["--config=configs/tiny.py", f"--workdir={workdir}", "--mode=sample"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (workdir / "samples_sampled.png").exists()

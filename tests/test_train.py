@@ -1,0 +1,126 @@
+"""Training pieces: loss goes down, eval terms add up, EMA and weight-decay mask do what they say."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from vdm import data, optim
+from vdm.config_validation import load_config_file
+from vdm.model import VDM
+from vdm.train import create_train_state, evaluate, make_eval_step, make_train_step
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    config = load_config_file("configs/tiny.py")
+    model = VDM.from_config(config)
+    return config, model, data.load_digits()
+
+
+def test_a_few_train_steps_lower_the_loss(tiny):
+    config, model, ds = tiny
+    config = config.copy_and_resolve_references()
+    config.optim.learning_rate = 3e-3
+    config.optim.warmup_steps = 0
+    tx, lr = optim.make_optimizer(config.optim, 100)
+    state = create_train_state(model, tx, jax.random.key(0))
+    step = make_train_step(model, tx, lr, 0.999)
+    eval_step = make_eval_step(model)
+    batch = data.train_batch(ds.train, 64, 0, 0)
+    key = jax.random.key(5)
+
+    def held_fixed_loss(params):  # same batch, same noise, same t: only the parameters change
+        return float(np.mean(eval_step(params, batch, key)["bpd"]))
+
+    before = held_fixed_loss(state.params)
+    for i in range(25):
+        state, metrics = step(state, data.train_batches(ds.train, 64, 0, i, 1), jax.random.key(1))
+    after = held_fixed_loss(state.params)
+    assert int(state.step) == 25
+    assert after < 0.8 * before, (before, after)
+    assert all(np.isfinite(np.asarray(v)).all() for v in metrics.values())
+
+
+def test_several_steps_per_call_equal_single_steps(tiny):
+    config, model, ds = tiny
+    tx, lr = optim.make_optimizer(config.optim, 100)
+    step = make_train_step(model, tx, lr, 0.99)
+    s1 = create_train_state(model, tx, jax.random.key(0))
+    for i in range(2):
+        s1, _ = step(s1, data.train_batches(ds.train, 16, 0, i, 1), jax.random.key(1))
+    s2 = create_train_state(model, tx, jax.random.key(0))
+    s2, m = step(s2, data.train_batches(ds.train, 16, 0, 0, 2), jax.random.key(1))
+    assert m["loss"].shape == (2,)
+    for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_eval_bpd_is_the_sum_of_its_terms(tiny):
+    config, model, ds = tiny
+    params = model.init(jax.random.key(0))
+    res = evaluate(make_eval_step(model), params, ds.test, 100, jax.random.key(3), num_repeats=2)
+    assert math.isclose(res["bpd"], res["bpd_prior"] + res["bpd_reconstruction"] + res["bpd_diffusion"], rel_tol=1e-5)
+    assert res["bpd_stderr"] > 0
+
+
+def test_ema_update_formula_and_warmup():
+    assert float(optim.ema_decay(0.9999, 0)) == pytest.approx(0.1)
+    assert float(optim.ema_decay(0.9999, 90)) == pytest.approx(91 / 100)
+    assert float(optim.ema_decay(0.9, 10_000)) == pytest.approx(0.9)
+    ema = {"w": jnp.array([1.0, 2.0])}
+    new = optim.ema_update(ema, {"w": jnp.array([3.0, 0.0])}, 0.9, 1000)
+    np.testing.assert_allclose(new["w"], [0.9 * 1 + 0.1 * 3, 0.9 * 2], rtol=1e-6)
+
+
+def test_ema_inside_train_step(tiny):
+    config, model, ds = tiny
+    tx, lr = optim.make_optimizer(config.optim, 100)
+    state = create_train_state(model, tx, jax.random.key(0))
+    old_ema = jax.tree.map(np.asarray, state.ema_params)
+    step = make_train_step(model, tx, lr, 0.999)
+    state, _ = step(state, data.train_batches(ds.train, 16, 0, 0, 1), jax.random.key(1))
+    d = 2 / 11  # warmed-up decay after the first update: (1 + 1) / (10 + 1)
+    for e, o, p in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(old_ema), jax.tree.leaves(state.params)):
+        np.testing.assert_allclose(e, d * o + (1 - d) * np.asarray(p), rtol=1e-5, atol=1e-7)
+
+
+def test_weight_decay_mask_decays_only_kernels_and_embeddings(tiny):
+    _, model, _ = tiny
+    params = model.init(jax.random.key(0))
+    mask = optim.weight_decay_mask(params)
+    flat = {jax.tree_util.keystr(p): m for p, m in jax.tree_util.tree_leaves_with_path(mask)}
+    assert any(m for k, m in flat.items() if k.endswith("['kernel']"))
+    for k, m in flat.items():
+        assert m == (k.endswith("['kernel']") or k.endswith("['embedding']")), k
+    # one AdamW step with zero gradients: only decayed leaves move
+    cfg = load_config_file("configs/tiny.py").optim
+    cfg.warmup_steps = 0
+    tx, _ = optim.make_optimizer(cfg, 10)
+    ones = jax.tree.map(jnp.ones_like, params)
+    updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(ones), ones)
+    new = optax.apply_updates(ones, updates)
+    for (path, leaf), m in zip(jax.tree_util.tree_leaves_with_path(new), jax.tree.leaves(mask)):
+        if m:
+            assert float(jnp.max(leaf)) < 1.0, jax.tree_util.keystr(path)
+        else:
+            np.testing.assert_array_equal(leaf, 1.0)
+
+
+def test_gradient_accumulation_updates_once_per_k_micro_batches(tiny):
+    config, model, ds = tiny
+    cfg = config.copy_and_resolve_references().optim
+    cfg.accumulate_steps = 2
+    cfg.warmup_steps = 0
+    tx, lr = optim.make_optimizer(cfg, 100)
+    state = create_train_state(model, tx, jax.random.key(0))
+    step = make_train_step(model, tx, lr, 0.99)
+    p0 = jax.tree.map(np.asarray, state.params)
+    state, _ = step(state, data.train_batches(ds.train, 16, 0, 0, 1), jax.random.key(1))
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(p0)):
+        np.testing.assert_array_equal(a, b)  # first micro-step: no update yet
+    state, _ = step(state, data.train_batches(ds.train, 16, 0, 1, 1), jax.random.key(1))
+    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(p0)))

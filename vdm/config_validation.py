@@ -1,0 +1,159 @@
+"""Config loading and validation: a wrong key or value stops the run with one line naming it.
+
+Every config derives from configs/base.py, which defines every key and its type;
+an override may change values, never add keys or change a type.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+    """A config key or value is invalid; the message names the key."""
+
+
+_CHOICES = {
+    "model.prediction": ("eps", "x", "v"),
+    "schedule.name": ("fixed_linear", "learned_linear", "monotone_net", "beta_linear", "alpha_cosine"),
+    "loss.objective": ("elbo", "simple"),
+    "optim.decay": ("constant", "cosine"),
+}
+_POSITIVE = (
+    "data.vocab_size", "model.channels", "model.num_blocks", "training.num_steps", "training.batch_size",
+    "training.steps_per_call", "training.log_every", "training.eval_every", "optim.learning_rate",
+    "optim.accumulate_steps", "eval.batch_size", "eval.num_repeats", "eval.sampler_steps", "schedule.width",
+    "model.fourier_step", "model.fourier_scale",
+)
+_NON_NEGATIVE = (
+    "loss.num_steps", "optim.warmup_steps", "optim.weight_decay", "optim.grad_clip", "training.max_seconds",
+    "model.cond_dim", "data.num_classes", "eval.num_samples",
+)
+_FRACTIONS = ("model.dropout", "model.label_dropout", "optim.b1", "optim.b2", "optim.ema_decay")
+
+
+def _flatten(cfg, prefix=""):
+    out = {}
+    for k, v in cfg.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, ml_collections.ConfigDict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _base_config():
+    from_path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "base.py")
+    return load_config_file(from_path)
+
+
+def load_config_file(path: str, arg: str | None = None):
+    """Imports a config file and calls its get_config(arg)."""
+    if not os.path.exists(path):
+        raise ConfigError(f"config file not found: {path}")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    if root not in sys.path:
+        sys.path.insert(0, root)  # so configs can `from configs import base`
+    spec = importlib.util.spec_from_file_location(f"_vdm_config_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg) if arg is not None else module.get_config()
+
+
+def _same_type(ref, value):
+    if isinstance(ref, bool) or isinstance(value, bool):
+        return isinstance(ref, bool) and isinstance(value, bool)
+    if isinstance(ref, float):
+        return isinstance(value, (int, float))
+    if isinstance(ref, (tuple, list)):
+        return isinstance(value, (tuple, list)) and len(value) == len(ref)
+    return isinstance(value, type(ref))
+
+
+def validate(config) -> None:
+    """Raises ConfigError with a one-line message naming the first bad key."""
+    ref, flat = _flatten(_base_config()), _flatten(config)
+    for key, value in flat.items():
+        if key not in ref:
+            raise ConfigError(f"unknown config key '{key}' (not in configs/base.py)")
+        if not _same_type(ref[key], value):
+            raise ConfigError(
+                f"config key '{key}' must be {type(ref[key]).__name__}, got {type(value).__name__} {value!r}"
+            )
+    for key in ref:
+        if key not in flat:
+            raise ConfigError(f"config key '{key}' is missing (every config derives from configs/base.py)")
+    for key, choices in _CHOICES.items():
+        if flat[key] not in choices:
+            raise ConfigError(f"config key '{key}' = {flat[key]!r}; expected one of {list(choices)}")
+    for key in _POSITIVE:
+        if not flat[key] > 0:
+            raise ConfigError(f"config key '{key}' must be > 0, got {flat[key]!r}")
+    for key in _NON_NEGATIVE:
+        if not flat[key] >= 0:
+            raise ConfigError(f"config key '{key}' must be >= 0, got {flat[key]!r}")
+    for key in _FRACTIONS:
+        if not 0 <= flat[key] < 1:
+            raise ConfigError(f"config key '{key}' must be in [0, 1), got {flat[key]!r}")
+    if not flat["schedule.gamma_min"] < flat["schedule.gamma_max"]:
+        raise ConfigError(
+            f"config key 'schedule.gamma_min' = {flat['schedule.gamma_min']} must be < "
+            f"'schedule.gamma_max' = {flat['schedule.gamma_max']}"
+        )
+    if flat["data.vocab_size"] < 2:
+        raise ConfigError(f"config key 'data.vocab_size' must be >= 2, got {flat['data.vocab_size']}")
+    shape = flat["data.image_shape"]
+    if len(shape) != 3 or not all(isinstance(s, int) and s > 0 for s in shape):
+        raise ConfigError(f"config key 'data.image_shape' must be (H, W, C) positive ints, got {shape!r}")
+    if flat["model.class_conditional"] and flat["data.num_classes"] < 1:
+        raise ConfigError("config key 'model.class_conditional' needs 'data.num_classes' >= 1")
+    if flat["model.fourier_features"] and not flat["model.fourier_start"] < flat["model.fourier_stop"]:
+        raise ConfigError("config key 'model.fourier_start' must be < 'model.fourier_stop'")
+    if flat["loss.objective"] == "simple" and flat["schedule.name"] in ("learned_linear", "monotone_net"):
+        raise ConfigError("config key 'loss.objective' = 'simple' cannot train a learned 'schedule.name'; use a fixed schedule")
+    if flat["training.eval_every"] % flat["training.steps_per_call"] or flat["training.log_every"] % flat["training.steps_per_call"]:
+        raise ConfigError("config keys 'training.log_every' and 'training.eval_every' must be multiples of 'training.steps_per_call'")
+
+
+def parse_override(config, dotted_key: str, text: str):
+    """Applies --config.a.b=text to a config, parsing text to the key's type; ConfigError if invalid."""
+    import ast
+
+    node = config
+    parts = dotted_key.split(".")
+    for p in parts[:-1]:
+        if p not in node or not isinstance(node[p], ml_collections.ConfigDict):
+            raise ConfigError(f"unknown config key '{dotted_key}'")
+        node = node[p]
+    if parts[-1] not in node:
+        raise ConfigError(f"unknown config key '{dotted_key}'")
+    ref = node[parts[-1]]
+    if isinstance(ref, str):
+        value = text
+    else:
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            if isinstance(ref, bool) and text.lower() in ("true", "false"):
+                value = text.lower() == "true"
+            else:
+                raise ConfigError(f"config key '{dotted_key}': cannot parse {text!r} as {type(ref).__name__}") from None
+    if isinstance(ref, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not _same_type(ref, value):
+        raise ConfigError(f"config key '{dotted_key}' must be {type(ref).__name__}, got {type(value).__name__} {value!r}")
+    node[parts[-1]] = tuple(value) if isinstance(ref, tuple) else value
+    return config
+
+
+def apply_overrides(config, overrides: dict):
+    """Applies {"a.b": value} overrides (values typed or as command-line text), then validates."""
+    for key, value in overrides.items():
+        parse_override(config, key, value if isinstance(value, str) else repr(value))
+    validate(config)
+    return config

@@ -1,0 +1,107 @@
+"""Are generated digits digits? A check against sklearn's digits with stated rules.
+
+* confidence: a logistic regression (C = 1, pixels scaled to [0, 1]) trained on
+  the clean training digits; a sample counts as confident if its largest class
+  probability is >= 0.9. Compared with the confident fraction on the real test
+  split (0.71 for this classifier).
+* class balance: the fraction of samples the classifier assigns to each class.
+* near-copies: a sample is a near-copy of the training set if its Euclidean
+  distance (in grey levels 0..16) to the closest training image is smaller
+  than that of every real test image to the training set (the minimum
+  test-to-train nearest-neighbour distance, 8.60 on this split).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+CONFIDENT = 0.9
+
+
+def _flat(images):
+    return np.asarray(images, np.float64).reshape(len(images), -1)
+
+
+def _nearest_distance(a, b):
+    d2 = (a**2).sum(1)[:, None] + (b**2).sum(1)[None, :] - 2 * a @ b.T
+    return np.sqrt(np.maximum(d2.min(1), 0.0))
+
+
+def sample_quality(samples, dataset) -> dict:
+    """Figures for integer samples [N, 8, 8, 1] against a digits `vdm.data.Dataset`."""
+    from sklearn.linear_model import LogisticRegression
+
+    x_train, x_test, x_s = _flat(dataset.train.images), _flat(dataset.test.images), _flat(samples)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clf = LogisticRegression(C=1.0, max_iter=5000).fit(x_train / 16.0, dataset.train.labels)
+    p_test = clf.predict_proba(x_test / 16.0)
+    p_s = clf.predict_proba(x_s / 16.0)
+    real_confident = float((p_test.max(1) >= CONFIDENT).mean())
+    confident = float((p_s.max(1) >= CONFIDENT).mean())
+    fractions = np.bincount(p_s.argmax(1), minlength=10) / len(x_s)
+    threshold = float(_nearest_distance(x_test, x_train).min())
+    nn = _nearest_distance(x_s, x_train)
+    return {
+        "num_samples": len(x_s),
+        "confident_fraction": confident,
+        "real_test_confident_fraction": real_confident,
+        "confidence_ratio": confident / real_confident,
+        "class_fractions": fractions.tolist(),
+        "min_class_fraction": float(fractions.min()),
+        "max_class_fraction": float(fractions.max()),
+        "near_copy_threshold": threshold,
+        "min_train_distance": float(nn.min()),
+        "num_near_copies": int((nn < threshold).sum()),
+    }
+
+
+def passes(report: dict) -> bool:
+    """The acceptance rule: confident ratio >= 0.8, every class 4-20%, no near-copies."""
+    return (
+        report["confidence_ratio"] >= 0.8
+        and report["min_class_fraction"] >= 0.04
+        and report["max_class_fraction"] <= 0.20
+        and report["num_near_copies"] == 0
+    )
+
+
+def format_report(report: dict) -> str:
+    fr = " ".join(f"{f:.2f}" for f in report["class_fractions"])
+    return (
+        f"samples confident (p>=0.9): {report['confident_fraction']:.2f} vs real test {report['real_test_confident_fraction']:.2f} "
+        f"(ratio {report['confidence_ratio']:.2f}, need >= 0.80)\n"
+        f"class fractions 0-9: {fr} (min {report['min_class_fraction']:.2f}, max {report['max_class_fraction']:.2f}, need 0.04-0.20)\n"
+        f"near-copies: {report['num_near_copies']} of {report['num_samples']} (closest sample-to-train L2 "
+        f"{report['min_train_distance']:.2f}; rule: < {report['near_copy_threshold']:.2f}, the closest any real test digit comes)\n"
+        f"sample check: {'PASS' if passes(report) else 'FAIL'}"
+    )
+
+
+def main(argv=None) -> int:
+    """python -m vdm.digits_quality WORKDIR: checks WORKDIR/samples.npz, prints the figures and writes sample_check.json."""
+    import json
+    import os
+    import sys
+
+    from vdm.data import load_digits
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m vdm.digits_quality WORKDIR", file=sys.stderr)
+        return 2
+    path = os.path.join(args[0], "samples.npz")
+    if not os.path.exists(path):
+        print(f"vdm: no samples at {path}; train first (make demo)", file=sys.stderr)
+        return 2
+    report = sample_quality(np.load(path)["samples"], load_digits())
+    with open(os.path.join(args[0], "sample_check.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    print(format_report(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,126 @@
+"""What a run leaves in its workdir: metrics (JSONL + TensorBoard), PNG grids and plots, metadata."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import math
+import os
+import subprocess
+import time
+
+import numpy as np
+
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-datasets", "ml-collections", "numpy")
+
+
+def run_metadata() -> dict:
+    """Package versions, the git commit of the code (if any) and the time."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True, timeout=10).stdout.strip()
+        )
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    return {"packages": versions, "git_commit": commit, "git_dirty": dirty, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def write_json(path, obj):
+    """Writes JSON atomically (temporary file + rename): a reader never sees half a file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=_to_builtin)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _to_builtin(x):
+    if isinstance(x, (np.generic, np.ndarray)):
+        return x.tolist()
+    if isinstance(x, tuple):
+        return list(x)
+    raise TypeError(f"not JSON serialisable: {type(x)}")
+
+
+class MetricsWriter:
+    """Appends {"step", "split", ...scalars} lines to metrics.jsonl and mirrors them to TensorBoard."""
+
+    def __init__(self, workdir: str, enabled: bool = True):
+        self.enabled = enabled
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._tb = None
+        if enabled:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, split: str, scalars: dict):
+        if not self.enabled:
+            return
+        row = {"step": int(step), "split": split, **{k: float(v) for k, v in scalars.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        for k, v in scalars.items():
+            self._tb.add_scalar(f"{split}/{k}", float(v), int(step))
+        self._tb.flush()
+
+    def close(self):
+        if self._tb is not None:
+            self._tb.close()
+
+
+def image_grid(images, vocab_size: int, ncols: int | None = None, pad: int = 1) -> np.ndarray:
+    """[N, H, W, C] integers in {0..V-1} -> one uint8 image [rows*(H+pad)+pad, cols*(W+pad)+pad, C]."""
+    images = np.asarray(images)
+    n, h, w, c = images.shape
+    ncols = ncols or int(math.ceil(math.sqrt(n)))
+    nrows = int(math.ceil(n / ncols))
+    scaled = np.round(images.astype(np.float64) * 255.0 / (vocab_size - 1)).astype(np.uint8)
+    grid = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), 128, np.uint8)
+    for i in range(n):
+        r, col = divmod(i, ncols)
+        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w] = scaled[i]
+    return grid
+
+
+def save_image_grid(images, vocab_size: int, path: str, ncols: int | None = None, upscale: int | None = None):
+    """Saves a PNG grid of integer images; small images are upscaled (nearest) to be visible."""
+    from PIL import Image
+
+    grid = image_grid(images, vocab_size, ncols)
+    if upscale is None:
+        upscale = max(1, 512 // max(grid.shape[:2]))
+    img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
+    if upscale > 1:
+        img = img.resize((img.width * upscale, img.height * upscale), Image.NEAREST)
+    img.save(path)
+
+
+def plot_schedule(gamma_fn, path: str, title: str = ""):
+    """PNG plot of log-SNR(t) = -gamma(t) on t in [0, 1]."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = np.linspace(0.0, 1.0, 201, dtype=np.float32)
+    log_snr = -np.asarray(gamma_fn(t))
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(t, log_snr)
+    ax.set_xlabel("t")
+    ax.set_ylabel("log SNR(t) = -gamma(t)")
+    ax.set_title(title or f"log-SNR: [{log_snr[0]:.2f}, {log_snr[-1]:.2f}]")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

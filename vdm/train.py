@@ -1,0 +1,137 @@
+"""Pure train / eval steps and the training loop `train_and_evaluate(config, workdir)`.
+
+train_step(state, batches, base_key) -> (state, metrics) runs `steps_per_call`
+optimizer steps under one `lax.scan` (batches carry a leading [K] axis); the
+randomness of step n is `fold_in(base_key, n)`, so it does not depend on how
+steps are grouped into calls.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vdm import optim
+from vdm.model import VDM
+
+TERM_NAMES = ("bpd", "bpd_prior", "bpd_reconstruction", "bpd_diffusion")
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: optimizer steps taken
+    params: dict
+    ema_params: dict
+    opt_state: optax.OptState
+
+
+def create_train_state(model: VDM, tx, key) -> TrainState:
+    params = model.init(key)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        ema_params=jax.tree.map(jnp.copy, params),
+        opt_state=tx.init(params),
+    )
+
+
+def _scalar_metrics(loss, terms, grads, lr):
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "learning_rate": lr}
+    for name in TERM_NAMES:
+        metrics[name] = jnp.mean(terms[name])
+    return metrics
+
+
+def make_train_step(model: VDM, tx, lr_schedule, ema_decay: float):
+    """Returns a jitted train_step(state, batches, base_key) with the state donated.
+
+    batches: {'images': [K, B, H, W, C], 'labels': [K, B]}; K optimizer steps per call.
+    Returns the new state and the metrics of each step, leaves [K].
+    """
+
+    def one_step(state: TrainState, batch, base_key):
+        key = jax.random.fold_in(base_key, state.step)
+        (loss, terms), grads = jax.value_and_grad(model.training_loss, has_aux=True)(state.params, batch, key)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        if isinstance(tx, optax.MultiSteps):
+            updated = opt_state.mini_step == 0  # the inner optimizer just applied an update
+            num_updates = opt_state.gradient_step
+        else:
+            updated, num_updates = True, state.step + 1
+        ema = optim.ema_update(state.ema_params, params, ema_decay, num_updates)
+        ema = jax.tree.map(lambda new, old: jnp.where(updated, new, old), ema, state.ema_params)
+        metrics = _scalar_metrics(loss, terms, grads, lr_schedule(num_updates - 1))
+        metrics.update(gamma_0=model.gamma_fn(params)(jnp.zeros(1))[0], gamma_1=model.gamma_fn(params)(jnp.ones(1))[0])
+        return TrainState(state.step + 1, params, ema, opt_state), metrics
+
+    def train_step(state, batches, base_key):
+        if jax.tree.leaves(batches)[0].shape[0] == 1:  # no loop: XLA:CPU runs conv backward slowly in loops
+            state, metrics = one_step(state, jax.tree.map(lambda b: b[0], batches), base_key)
+            return state, jax.tree.map(lambda m: m[None], metrics)
+        return jax.lax.scan(lambda s, b: one_step(s, b, base_key), state, batches)
+
+    return jax.jit(train_step, donate_argnums=(0,))
+
+
+def make_eval_step(model: VDM):
+    """Returns a jitted eval_step(params, batch, key) -> per-example terms {name: [B]} (no dropout)."""
+
+    def eval_step(params, batch, key):
+        terms = model.elbo_terms(params, batch, key, train=False)
+        return {name: terms[name] for name in TERM_NAMES}
+
+    return jax.jit(eval_step)
+
+
+def evaluate(eval_step, params, split, batch_size: int, key, num_repeats: int = 1):
+    """ELBO over a whole split, `num_repeats` Monte-Carlo passes.
+
+    Returns {name: mean over examples and repeats} plus '<name>_stderr': the
+    Monte-Carlo standard error of that mean (std over repeats of the split
+    mean / sqrt(repeats), or, for one repeat, the std over examples / sqrt(N)).
+    """
+    from vdm.data import eval_batches
+
+    per_repeat = {name: [] for name in TERM_NAMES}
+    per_example = {name: np.zeros(len(split)) for name in TERM_NAMES}
+    for r in range(num_repeats):
+        sums = {name: 0.0 for name in TERM_NAMES}
+        offset = 0
+        for b, batch in enumerate(eval_batches(split, batch_size)):
+            mask = batch.pop("mask")
+            terms = eval_step(params, batch, jax.random.fold_in(jax.random.fold_in(key, r), b))
+            n = int(mask.sum())
+            for name in TERM_NAMES:
+                values = np.asarray(terms[name])[:n]
+                sums[name] += float(values.sum())
+                per_example[name][offset : offset + n] += values / num_repeats
+            offset += n
+        for name in TERM_NAMES:
+            per_repeat[name].append(sums[name] / len(split))
+    out = {}
+    for name in TERM_NAMES:
+        out[name] = float(np.mean(per_repeat[name]))
+        if num_repeats > 1:
+            out[name + "_stderr"] = float(np.std(per_repeat[name], ddof=1) / np.sqrt(num_repeats))
+        else:
+            out[name + "_stderr"] = float(np.std(per_example[name], ddof=1) / np.sqrt(len(split)))
+    return out
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 4))
+def generate(model: VDM, params, key, num_samples: int, num_steps: int, labels=None):
+    """Integer samples [N, H, W, C] from the ancestral sampler with T = num_steps."""
+    from vdm import sampling
+
+    k_sample, k_decode = jax.random.split(key)
+    z_0 = sampling.ancestral_sample(
+        k_sample, model.eps_hat_fn(params, labels=labels), model.gamma_fn(params), (num_samples, *model.image_shape), num_steps
+    )
+    gamma_0 = model.gamma_fn(params)(jnp.zeros((1,)))[0]
+    return sampling.decode(z_0, gamma_0, model.vocab_size, k_decode)
