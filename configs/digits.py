@@ -62,7 +62,7 @@ def get_config(arg=None):
         c.loss.objective = "elbo"
         c.training.num_steps = 7000
         c.training.max_seconds = 1800.0
-        c.training.eval_every = 1000
+        c.training.eval_every = 3500
     elif arg not in (None, ""):
         raise ValueError(f"configs/digits.py: unknown variant {arg!r}; expected 'long' or nothing")
     return c

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 
 import jax
@@ -98,7 +99,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=t.num_steps, desc="train", unit="step", dynamic_ncols=True, mininterval=2.0)
+    interactive = sys.stderr.isatty()  # in a log file, redraw every 30 s instead of every 2 s
+    bar = tqdm(total=t.num_steps, desc="train", unit="step", dynamic_ncols=True, mininterval=2.0 if interactive else 30.0)
     start = last_time = time.time()
     step, last_step, pending = 0, 0, []
     while step < t.num_steps:

@@ -13,6 +13,13 @@ import jax.numpy as jnp
 from vdm import diffusion, losses
 
 
+def _step_gammas(gamma_fn, i, num_steps: int, batch: int):
+    """(gamma_s, gamma_t), each [batch], for step i of T: t = (i + 1) / T, s = i / T."""
+    ts = jnp.stack([i, i + 1]).astype(jnp.float32) / num_steps
+    g = gamma_fn(ts)
+    return jnp.full((batch,), g[0]), jnp.full((batch,), g[1])
+
+
 def ancestral_sample(key, eps_hat_fn, gamma_fn, shape, num_steps: int):
     """z_0 after T ancestral steps, starting from z_1 ~ N(0, I).
 
@@ -30,10 +37,7 @@ def ancestral_sample(key, eps_hat_fn, gamma_fn, shape, num_steps: int):
     batch = shape[0]
 
     def step(z, i):
-        t = (i + 1).astype(jnp.float32) / num_steps
-        s = i.astype(jnp.float32) / num_steps
-        gamma_t = jnp.full((batch,), gamma_fn(jnp.array([t]))[0])
-        gamma_s = jnp.full((batch,), gamma_fn(jnp.array([s]))[0])
+        gamma_s, gamma_t = _step_gammas(gamma_fn, i, num_steps, batch)
         mean, var = diffusion.posterior_from_eps(z, eps_hat_fn(z, gamma_t), gamma_s, gamma_t)
         noise = jax.random.normal(jax.random.fold_in(k_steps, i), shape)
         return mean + jnp.sqrt(var) * noise, None
@@ -64,10 +68,7 @@ def ddim_sample(key, eps_hat_fn, gamma_fn, shape, num_steps: int, eta: float = 0
     batch = shape[0]
 
     def step(z, i):
-        t = (i + 1).astype(jnp.float32) / num_steps
-        s = i.astype(jnp.float32) / num_steps
-        gamma_t = jnp.full((batch,), gamma_fn(jnp.array([t]))[0])
-        gamma_s = jnp.full((batch,), gamma_fn(jnp.array([s]))[0])
+        gamma_s, gamma_t = _step_gammas(gamma_fn, i, num_steps, batch)
         eps_hat = eps_hat_fn(z, gamma_t)
         x_hat = diffusion.x_from_eps(z, eps_hat, gamma_t)
         g_s = diffusion.expand_gamma(gamma_s, z)

@@ -73,7 +73,7 @@ def make_train_step(model: VDM, tx, lr_schedule, ema_decay: float):
     def train_step(state, batches, base_key):
         if jax.tree.leaves(batches)[0].shape[0] == 1:  # no loop: XLA:CPU runs conv backward slowly in loops
             state, metrics = one_step(state, jax.tree.map(lambda b: b[0], batches), base_key)
-            return state, jax.tree.map(lambda m: m[None], metrics)
+            return state, jax.tree.map(lambda m: jnp.asarray(m)[None], metrics)
         return jax.lax.scan(lambda s, b: one_step(s, b, base_key), state, batches)
 
     return jax.jit(train_step, donate_argnums=(0,))
