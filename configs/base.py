@@ -15,6 +15,8 @@ def get_config(arg=None):
     c.data.image_shape = (8, 8, 1)  # H, W, C
     c.data.vocab_size = 17  # V: pixel values are 0..V-1
     c.data.num_classes = 10
+    c.data.data_dir = ""  # tfds data dir; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
+    c.data.augmentation = "none"  # none | flip | dihedral (paper's CIFAR-10: flips + 90-degree rotations, fed as cond)
 
     c.model = ml_collections.ConfigDict()
     c.model.channels = 128
@@ -63,6 +65,12 @@ def get_config(arg=None):
     c.training.steps_per_call = 1  # optimizer steps per compiled call (lax.scan)
     c.training.log_every = 100
     c.training.eval_every = 10_000
+    c.training.on_nonfinite = "stop"  # stop | skip: a NaN/inf loss or gradient rejects the update, then this
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_steps = 10_000  # also at every eval, at the end and on SIGTERM / SIGINT
+    c.checkpoint.every_minutes = 10.0  # 0 = only by steps
+    c.checkpoint.max_to_keep = 3
 
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 256

@@ -18,7 +18,19 @@ from vdm.train import create_train_state, evaluate, make_eval_step, make_train_s
 def tiny():
     config = load_config_file("configs/tiny.py")
     model = VDM.from_config(config)
-    return config, model, data.load_digits()
+    return config, model, data.load_dataset("digits")
+
+
+_SOURCE = {}
+
+
+def train_batches(batch_size, first, num, seed=0):
+    """Global training batches first .. first + num - 1 of the digits pipeline, leaves [num, B, ...]."""
+    if "digits" not in _SOURCE:
+        _SOURCE["digits"] = data.Source("digits", "train")
+    ds = data.train_dataset(_SOURCE["digits"], batch_size, seed)
+    items = [ds[first + i] for i in range(num)]
+    return {k: np.stack([b[k] for b in items]) for k in items[0]}
 
 
 def test_a_few_train_steps_lower_the_loss(tiny):
@@ -30,7 +42,7 @@ def test_a_few_train_steps_lower_the_loss(tiny):
     state = create_train_state(model, tx, jax.random.key(0))
     step = make_train_step(model, tx, lr, 0.999)
     eval_step = make_eval_step(model)
-    batch = data.train_batch(ds.train, 64, 0, 0)
+    batch = jax.tree.map(lambda b: b[0], train_batches(64, 0, 1))
     key = jax.random.key(5)
 
     def held_fixed_loss(params):  # same batch, same noise, same t: only the parameters change
@@ -38,7 +50,7 @@ def test_a_few_train_steps_lower_the_loss(tiny):
 
     before = held_fixed_loss(state.params)
     for i in range(25):
-        state, metrics = step(state, data.train_batches(ds.train, 64, 0, i, 1), jax.random.key(1))
+        state, metrics = step(state, train_batches(64, i, 1), jax.random.key(1))
     after = held_fixed_loss(state.params)
     assert int(state.step) == 25
     assert after < 0.8 * before, (before, after)
@@ -51,9 +63,9 @@ def test_several_steps_per_call_equal_single_steps(tiny):
     step = make_train_step(model, tx, lr, 0.99)
     s1 = create_train_state(model, tx, jax.random.key(0))
     for i in range(2):
-        s1, _ = step(s1, data.train_batches(ds.train, 16, 0, i, 1), jax.random.key(1))
+        s1, _ = step(s1, train_batches(16, i, 1), jax.random.key(1))
     s2 = create_train_state(model, tx, jax.random.key(0))
-    s2, m = step(s2, data.train_batches(ds.train, 16, 0, 0, 2), jax.random.key(1))
+    s2, m = step(s2, train_batches(16, 0, 2), jax.random.key(1))
     assert m["loss"].shape == (2,)
     for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -82,7 +94,7 @@ def test_ema_inside_train_step(tiny):
     state = create_train_state(model, tx, jax.random.key(0))
     old_ema = jax.tree.map(np.asarray, state.ema_params)
     step = make_train_step(model, tx, lr, 0.999)
-    state, _ = step(state, data.train_batches(ds.train, 16, 0, 0, 1), jax.random.key(1))
+    state, _ = step(state, train_batches(16, 0, 1), jax.random.key(1))
     d = 2 / 11  # warmed-up decay after the first update: (1 + 1) / (10 + 1)
     for e, o, p in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(old_ema), jax.tree.leaves(state.params)):
         np.testing.assert_allclose(e, d * o + (1 - d) * np.asarray(p), rtol=1e-5, atol=1e-7)
@@ -119,8 +131,8 @@ def test_gradient_accumulation_updates_once_per_k_micro_batches(tiny):
     state = create_train_state(model, tx, jax.random.key(0))
     step = make_train_step(model, tx, lr, 0.99)
     p0 = jax.tree.map(np.asarray, state.params)
-    state, _ = step(state, data.train_batches(ds.train, 16, 0, 0, 1), jax.random.key(1))
+    state, _ = step(state, train_batches(16, 0, 1), jax.random.key(1))
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(p0)):
         np.testing.assert_array_equal(a, b)  # first micro-step: no update yet
-    state, _ = step(state, data.train_batches(ds.train, 16, 0, 1, 1), jax.random.key(1))
+    state, _ = step(state, train_batches(16, 1, 1), jax.random.key(1))
     assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(p0)))

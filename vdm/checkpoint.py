@@ -1,30 +1,130 @@
-"""Orbax checkpoints of the whole TrainState under <workdir>/checkpoints/<step>."""
+"""Orbax checkpoints of the TrainState and the data iterator: <workdir>/checkpoints/<step>/{state,data}.
+
+A save is written to `<step>.orbax-checkpoint-tmp` and renamed when complete,
+so a process killed inside a save leaves no step directory and the next start
+restores the previous complete one (`latest_step` never sees the temporary).
+The data item is grain's iterator state (one JSON per process).
+
+`load_run(workdir)` gives scripts and notebooks (config, model, EMA params).
+"""
 
 from __future__ import annotations
 
+import errno
+import json
 import os
+import signal
 
+import grain
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
+
+from vdm.errors import CheckpointError
 
 
 def make_manager(workdir: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(
         os.path.abspath(os.path.join(workdir, "checkpoints")),
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True),
+        item_handlers={"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()},
     )
 
 
-def save(manager: ocp.CheckpointManager, step: int, state, wait: bool = True) -> None:
-    manager.save(int(step), args=ocp.args.StandardSave(state))
-    if wait:
-        manager.wait_until_finished()
+def _is_disk_full(exc: BaseException) -> bool:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
-def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = None):
-    """Restores the given (default: latest complete) step onto the layout of `abstract_state`."""
+def save(manager: ocp.CheckpointManager, step: int, state, data_iterator=None, wait: bool = True) -> None:
+    """Saves state (and the grain iterator's position) at `step`; CheckpointError if the disk is full."""
+    args = {"state": ocp.args.StandardSave(state)}
+    if data_iterator is not None:
+        args["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    previous = manager.latest_step()
+    try:
+        manager.save(int(step), args=ocp.args.Composite(**args), force=True)
+        if os.environ.get("VDM_TEST_KILL_IN_SAVE") == str(int(step)):  # tests: die with the save half-written
+            os.kill(os.getpid(), signal.SIGKILL)
+        if wait:
+            manager.wait_until_finished()
+    except Exception as e:
+        if _is_disk_full(e):
+            raise CheckpointError(
+                f"disk full while writing checkpoint {step} to {manager.directory}; the previous checkpoint "
+                f"(step {previous}) is intact: free space, then run the same command to resume from it"
+            ) from None
+        raise
+
+
+def _shapes(tree) -> dict:
+    def name(k):
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                return str(getattr(k, attr))
+        return str(k)
+
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(name(k) for k in path): tuple(leaf.shape) for path, leaf in leaves}
+
+
+def check_compatible(manager: ocp.CheckpointManager, step: int, abstract_state) -> None:
+    """CheckpointError if the checkpoint's parameter shapes differ from those the config builds."""
+    stored = _shapes(manager.item_metadata(step)["state"]["params"])
+    wanted = _shapes(abstract_state.params)
+    where = f"checkpoint {manager.directory}/{step}"
+    fix = "use the config it was trained with (its workdir's config.json) or a new --workdir"
+    for path in sorted(set(stored) | set(wanted)):
+        if stored.get(path) != wanted.get(path):
+            raise CheckpointError(f"{where} does not fit this config: parameter {path} has shape "
+                                  f"{stored.get(path, 'absent')} there and {wanted.get(path, 'absent')} here; {fix}")
+
+
+def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = None, data_iterator=None):
+    """Restores a step (default: latest complete) onto the shardings of `abstract_state`.
+
+    `abstract_state` leaves are jax.ShapeDtypeStruct (with the wanted sharding) or
+    arrays. With `data_iterator`, its position is restored in place too.
+    """
     step = manager.latest_step() if step is None else step
     if step is None:
-        raise FileNotFoundError(f"no checkpoint in {manager.directory}")
+        raise CheckpointError(f"no checkpoint in {manager.directory}")
+    if step not in manager.all_steps():
+        raise CheckpointError(f"no checkpoint for step {step} in {manager.directory}; it has {manager.all_steps()}")
+    check_compatible(manager, step, abstract_state)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
-    return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    args = {"state": ocp.args.StandardRestore(abstract)}
+    if data_iterator is not None:
+        args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    return manager.restore(step, args=ocp.args.Composite(**args))["state"]
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path} not found: is {workdir} a vdm workdir?")
+    with open(path) as f:
+        config = ml_collections.ConfigDict(json.load(f)["config"])
+    config.data.image_shape = tuple(config.data.image_shape)
+    return config
+
+
+def load_run(workdir: str, step: int | None = None, ema: bool = True):
+    """(config, model, params) of a run: its config.json, the VDM it builds, and the (EMA) parameters."""
+    from vdm.model import VDM
+    from vdm.optim import make_optimizer
+    from vdm.train import create_train_state
+
+    config = load_config(workdir)
+    model = VDM.from_config(config)
+    tx, _ = make_optimizer(config.optim, config.training.num_steps)
+    abstract = jax.eval_shape(lambda: create_train_state(model, tx, jax.random.key(0)))
+    state = restore(make_manager(workdir), abstract, step)
+    return config, model, state.ema_params if ema else state.params

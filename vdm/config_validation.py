@@ -12,9 +12,7 @@ import sys
 
 import ml_collections
 
-
-class ConfigError(ValueError):
-    """A config key or value is invalid; the message names the key."""
+from vdm.errors import ConfigError  # noqa: F401  (re-exported)
 
 
 _CHOICES = {
@@ -22,16 +20,18 @@ _CHOICES = {
     "schedule.name": ("fixed_linear", "learned_linear", "monotone_net", "beta_linear", "alpha_cosine"),
     "loss.objective": ("elbo", "simple"),
     "optim.decay": ("constant", "cosine"),
+    "data.augmentation": ("none", "flip", "dihedral"),
+    "training.on_nonfinite": ("stop", "skip"),
 }
 _POSITIVE = (
     "data.vocab_size", "model.channels", "model.num_blocks", "training.num_steps", "training.batch_size",
     "training.steps_per_call", "training.log_every", "training.eval_every", "optim.learning_rate",
     "optim.accumulate_steps", "eval.batch_size", "eval.num_repeats", "eval.sampler_steps", "schedule.width",
-    "model.fourier_step", "model.fourier_scale",
+    "model.fourier_step", "model.fourier_scale", "checkpoint.every_steps", "checkpoint.max_to_keep",
 )
 _NON_NEGATIVE = (
     "loss.num_steps", "optim.warmup_steps", "optim.weight_decay", "optim.grad_clip", "training.max_seconds",
-    "model.cond_dim", "data.num_classes", "eval.num_samples",
+    "model.cond_dim", "data.num_classes", "eval.num_samples", "checkpoint.every_minutes",
 )
 _FRACTIONS = ("model.dropout", "model.label_dropout", "optim.b1", "optim.b2", "optim.ema_decay")
 
@@ -116,8 +116,10 @@ def validate(config) -> None:
         raise ConfigError("config key 'model.fourier_start' must be < 'model.fourier_stop'")
     if flat["loss.objective"] == "simple" and flat["schedule.name"] in ("learned_linear", "monotone_net"):
         raise ConfigError("config key 'loss.objective' = 'simple' cannot train a learned 'schedule.name'; use a fixed schedule")
-    if flat["training.eval_every"] % flat["training.steps_per_call"] or flat["training.log_every"] % flat["training.steps_per_call"]:
-        raise ConfigError("config keys 'training.log_every' and 'training.eval_every' must be multiples of 'training.steps_per_call'")
+    for key in ("training.log_every", "training.eval_every", "checkpoint.every_steps", "training.num_steps"):
+        if flat[key] % flat["training.steps_per_call"]:
+            raise ConfigError(f"config key '{key}' = {flat[key]} must be a multiple of 'training.steps_per_call' = "
+                              f"{flat['training.steps_per_call']} (checkpoints fall on call boundaries)")
 
 
 def parse_override(config, dotted_key: str, text: str):

@@ -1,21 +1,31 @@
-"""Datasets as integer images [N, H, W, C] in {0..V-1} with integer labels [N].
+"""Input pipeline: tfds data sources -> grain, sharded per process, resumable, checked.
 
-For now: sklearn's bundled digits (8x8x1, V = 17, 1797 images), in memory.
-Split (shared with DESIGN.md's reference numbers): test = the first 297 images of
-`np.random.RandomState(0).permutation(1797)`, train = the remaining 1500.
+Training data order is a pure function of (seed, global batch index): grain's
+`MapDataset` shuffles the whole training split with a fresh permutation each
+epoch, repeats forever and cuts it into *global* batches of B. Process p of P
+reads local batch p of every global batch, so the global batch at step n is the
+same whatever the number of processes or devices. The iterator state (the next
+index) is saved with each checkpoint (`vdm.checkpoint`), so a resumed run reads
+exactly the batches an uninterrupted one would have.
 
-Batches are a pure function of (seed, step): epoch e uses the permutation drawn
-from (seed, e), so a resumed run sees exactly the data order of an
-uninterrupted one.
+Augmentation (config `data.augmentation`, the paper's CIFAR-10 recipe): each
+training image gets a random element g of {identity, flip} or of the dihedral
+group (4 rotations x flip), and the network is told which through
+`cond` [B, cond_dim] = one_hot(g)[1:] — all zeros for the identity, so eval and
+sampling (no `cond`) ask for un-augmented images.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+import grain
 import numpy as np
 
-DIGITS_TEST_SIZE = 297
+from vdm.datasets import Source, get_spec
+from vdm.errors import DataError
+
+AUGMENTATIONS = {"none": 1, "flip": 2, "dihedral": 8}  # group sizes; cond_dim = size - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +39,8 @@ class Split:
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
+    """A dataset held in memory (small ones, evaluation splits)."""
+
     name: str
     train: Split
     test: Split
@@ -40,58 +52,110 @@ class Dataset:
         return tuple(self.train.images.shape[1:])
 
 
-def load_digits() -> Dataset:
-    """sklearn's bundled 8x8 digits, values 0..16 (V = 17), with the fixed 1500 / 297 split."""
-    from sklearn.datasets import load_digits as _load
-
-    bunch = _load()
-    images = bunch.images.astype(np.uint8)[..., None]
-    labels = bunch.target.astype(np.int32)
-    perm = np.random.RandomState(0).permutation(len(images))
-    test, train = perm[:DIGITS_TEST_SIZE], perm[DIGITS_TEST_SIZE:]
-    return Dataset(
-        name="digits",
-        train=Split(images[train], labels[train]),
-        test=Split(images[test], labels[test]),
-        vocab_size=17,
-        num_classes=10,
-    )
+def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
+    """Both splits in memory (meant for small datasets such as digits)."""
+    spec = get_spec(name)
+    splits = {s: Source(name, s, data_dir).to_numpy() for s in ("train", "test")}
+    return Dataset(name, *(Split(splits[s]["images"], splits[s]["labels"]) for s in ("train", "test")),
+                   spec.vocab_size, spec.num_classes)
 
 
-DATASETS = {"digits": load_digits}
+def check_config(config) -> None:
+    """DataError if config.data does not describe the dataset it names."""
+    spec = get_spec(config.data.name)
+    d = config.data
+    if tuple(d.image_shape) != spec.image_shape:
+        raise DataError(f"config key 'data.image_shape' = {tuple(d.image_shape)} but {d.name} images are "
+                        f"{spec.image_shape}; set --config.data.image_shape='{spec.image_shape}'")
+    if d.vocab_size != spec.vocab_size:
+        raise DataError(f"config key 'data.vocab_size' = {d.vocab_size} but {d.name} has V = {spec.vocab_size}")
+    if config.model.class_conditional and not spec.num_classes:
+        raise DataError(f"config key 'model.class_conditional' is set but {d.name} has no labels")
+    need = AUGMENTATIONS[d.augmentation] - 1
+    if need and config.model.cond_dim != need:
+        raise DataError(f"config key 'model.cond_dim' = {config.model.cond_dim} but data.augmentation="
+                        f"'{d.augmentation}' feeds {need} conditioning inputs; set --config.model.cond_dim={need}")
 
 
-def load_dataset(name: str) -> Dataset:
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
-    return DATASETS[name]()
+def check_values(images: np.ndarray, vocab_size: int, where: str) -> None:
+    """DataError if any pixel is outside {0..V-1}."""
+    lo, hi = int(images.min()), int(images.max())
+    if lo < 0 or hi >= vocab_size:
+        raise DataError(f"{where}: pixel values span [{lo}, {hi}] but config key 'data.vocab_size' = {vocab_size} "
+                        f"needs them in [0, {vocab_size - 1}]")
 
 
-def train_batch(split: Split, batch_size: int, seed: int, step: int):
-    """The training batch of a given step: {'images': [B, H, W, C] uint8, 'labels': [B] int32}.
+def augment(element: dict, rng: np.random.Generator, group_size: int) -> dict:
+    """Applies a random dihedral element g < group_size; adds 'cond' = one_hot(g)[1:] (float32)."""
+    g = int(rng.integers(group_size))
+    rotations, flip = (g % 4, g >= 4) if group_size == 8 else (0, g == 1)
+    image = np.rot90(element["images"], rotations, axes=(0, 1))
+    if flip:
+        image = image[:, ::-1]
+    cond = np.zeros(group_size - 1, np.float32)
+    if g:
+        cond[g - 1] = 1.0
+    return {**element, "images": np.ascontiguousarray(image), "cond": cond}
 
-    Epochs are drawn without replacement (partial last batches are dropped).
-    """
-    per_epoch = len(split) // batch_size
-    if per_epoch == 0:
-        raise ValueError(f"batch size {batch_size} exceeds the {len(split)} training images")
-    epoch, index = divmod(step, per_epoch)
-    perm = np.random.default_rng([seed, epoch]).permutation(len(split))
-    idx = perm[index * batch_size : (index + 1) * batch_size]
-    return {"images": split.images[idx], "labels": split.labels[idx]}
+
+def train_dataset(source, global_batch_size: int, seed: int, process_index: int = 0, process_count: int = 1,
+                  augmentation: str = "none") -> grain.MapDataset:
+    """Infinite MapDataset of this process's local batches; item n is its part of global batch n."""
+    if global_batch_size % process_count:
+        raise DataError(f"config key 'training.batch_size' = {global_batch_size} is not divisible by the "
+                        f"{process_count} processes")
+    if global_batch_size > len(source):
+        raise DataError(f"config key 'training.batch_size' = {global_batch_size} exceeds the {len(source)} training images")
+    ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
+    if augmentation != "none":
+        size = AUGMENTATIONS[augmentation]
+        ds = ds.random_map(lambda e, rng: augment(e, rng, size))
+    local = global_batch_size // process_count
+    return ds.batch(local)[process_index::process_count]
 
 
-def train_batches(split: Split, batch_size: int, seed: int, first_step: int, num: int):
-    """`num` consecutive training batches stacked: leaves [num, B, ...]."""
-    batches = [train_batch(split, batch_size, seed, first_step + i) for i in range(num)]
-    return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+class TrainIterator:
+    """Local training batches; `next(k)` -> leaves [k, B_local, ...]. State: grain's {'next_index': n}."""
+
+    def __init__(self, dataset: grain.MapDataset, vocab_size: int, prefetch: int = 4, threads: int = 2):
+        self.vocab_size = vocab_size
+        options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch)
+        self.iterator = iter(dataset.to_iter_dataset(options))
+
+    def next(self, num: int = 1) -> dict:
+        batches = [next(self.iterator) for _ in range(num)]
+        out = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+        check_values(out["images"], self.vocab_size, f"training batch {self.get_state()['next_index'] - 1}")
+        return out
+
+    def get_state(self) -> dict:
+        return self.iterator.get_state()
+
+    def set_state(self, state: dict) -> None:
+        self.iterator.set_state(state)
+
+
+def make_train_iterator(config, process_index: int = 0, process_count: int = 1) -> TrainIterator:
+    d, t = config.data, config.training
+    source = Source(d.name, "train", d.data_dir or None)
+    ds = train_dataset(source, t.batch_size, t.seed, process_index, process_count, d.augmentation)
+    return TrainIterator(ds, d.vocab_size)
 
 
 def eval_batches(split: Split, batch_size: int):
-    """Yields padded batches covering the split once: images, labels, and a 0/1 'mask' [B]."""
+    """Padded global batches covering the split once: images, labels, and a 0/1 'mask' [B]."""
     n = len(split)
     for start in range(0, n, batch_size):
         idx = np.arange(start, start + batch_size)
         mask = idx < n
         idx = np.where(mask, idx, 0)
         yield {"images": split.images[idx], "labels": split.labels[idx], "mask": mask.astype(np.float32)}
+
+
+def local_part(batch: dict, process_index: int, process_count: int, axis: int = 0) -> dict:
+    """This process's contiguous part of a global batch (numpy leaves, batch on `axis`)."""
+    def part(x):
+        n = x.shape[axis] // process_count
+        return np.take(x, np.arange(process_index * n, (process_index + 1) * n), axis=axis)
+
+    return {k: part(v) for k, v in batch.items()}

@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     import os
     import sys
 
-    from vdm.data import load_digits
+    from vdm.data import load_dataset
 
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     if not os.path.exists(path):
         print(f"vdm: no samples at {path}; train first (make demo)", file=sys.stderr)
         return 2
-    report = sample_quality(np.load(path)["samples"], load_digits())
+    report = sample_quality(np.load(path)["samples"], load_dataset("digits"))
     with open(os.path.join(args[0], "sample_check.json"), "w") as f:
         json.dump(report, f, indent=2)
     print(format_report(report))

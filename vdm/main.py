@@ -1,8 +1,11 @@
 """Command line: python -m vdm.main --config=configs/digits.py[:variant] --workdir=DIR
                  [--mode=train|eval|sample] [--config.some.key=value ...]
+                 [--distributed | --coordinator_address=HOST:PORT --num_processes=N --process_id=I]
 
 Thin: the work is in `vdm.run` (train_and_evaluate, evaluate_run, sample_run).
-A bad config key or value stops with one line naming it (exit code 2).
+Training resumes from the workdir's latest checkpoint when there is one.
+Errors print one line `vdm: <kind>: <message>`; exit codes are listed in
+`vdm.errors` (0 done, 1 error, 2 config error, 75 preempted and resumable).
 """
 
 from __future__ import annotations
@@ -13,12 +16,17 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from vdm.config_validation import ConfigError, load_config_file, parse_override, validate
+from vdm.errors import VdmError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, optionally path:variant.", lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, pictures and results.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"], "What to do.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step for eval / sample (default: latest).")
 _SEED = flags.DEFINE_integer("sample_seed", 0, "Seed for --mode=sample.")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "jax.distributed.initialize() with the cluster auto-detected.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-process: HOST:PORT of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
 
 
 def precheck(argv) -> None:
@@ -51,6 +59,10 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     from vdm import run
 
+    if _DISTRIBUTED.value or _COORDINATOR.value:
+        from vdm import distributed
+
+        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     config = _CONFIG.value
     validate(config)
     if not _WORKDIR.value:
@@ -71,9 +83,9 @@ def cli():
         sys.exit(2)
     try:
         app.run(main)
-    except ConfigError as e:  # raised again inside the run (e.g. data not matching the config)
-        print(f"vdm: config error: {e}", file=sys.stderr)
-        sys.exit(2)
+    except VdmError as e:  # data, checkpoint, workdir, non-finite loss, preemption: one line, no traceback
+        print(f"vdm: {e.kind}: {e}", file=sys.stderr, flush=True)
+        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

@@ -64,6 +64,24 @@ class MetricsWriter:
 
             self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
+    def rewind(self, step: int) -> None:
+        """On resume: drops rows after `step` (and a line cut short by a kill) from metrics.jsonl."""
+        if not self.enabled or not os.path.exists(self.path):
+            return
+        kept = []
+        with open(self.path) as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if row.get("step", 0) <= step:
+                    kept.append(line if line.endswith("\n") else line + "\n")
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+        os.replace(tmp, self.path)
+
     def write(self, step: int, split: str, scalars: dict):
         if not self.enabled:
             return

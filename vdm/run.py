@@ -1,7 +1,16 @@
-"""The training loop and the eval / sample entry points behind `python -m vdm.main`."""
+"""The training loop and the eval / sample entry points behind `python -m vdm.main`.
+
+A run lives in its workdir and is finished when `results.json` exists. Started
+again with the same command, an unfinished run resumes from its latest complete
+checkpoint (state + data position) and reaches the same parameters as an
+uninterrupted run; a finished one just prints its result. SIGTERM / SIGINT
+finish the current call, write a checkpoint and exit with code 75
+(`vdm.errors.PREEMPTED_EXIT_CODE`).
+"""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -11,10 +20,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdm import checkpoint, data, outputs
-from vdm.config_validation import ConfigError, validate
+from vdm import checkpoint, data, distributed, outputs
+from vdm.config_validation import validate
+from vdm.datasets import Source
+from vdm.errors import NonFiniteLoss, WorkdirError
 from vdm.model import VDM
 from vdm.optim import make_optimizer
+from vdm.preemption import PreemptionGuard
 from vdm.train import create_train_state, evaluate, generate, make_eval_step, make_train_step
 
 
@@ -23,144 +35,239 @@ def _keys(seed: int):
     return {name: jax.random.fold_in(k, i) for i, name in enumerate(("init", "train", "eval", "sample", "final"))}
 
 
-def _load_data(config) -> data.Dataset:
-    ds = data.load_dataset(config.data.name)
-    if tuple(config.data.image_shape) != ds.image_shape:
-        raise ConfigError(f"config key 'data.image_shape' = {tuple(config.data.image_shape)} but {ds.name} images are {ds.image_shape}")
-    if config.data.vocab_size != ds.vocab_size:
-        raise ConfigError(f"config key 'data.vocab_size' = {config.data.vocab_size} but {ds.name} has V = {ds.vocab_size}")
-    return ds
-
-
-def _setup(config):
-    validate(config)
-    ds = _load_data(config)
-    model = VDM.from_config(config)
-    tx, lr_schedule = make_optimizer(config.optim, config.training.num_steps)
-    return ds, model, tx, lr_schedule
-
-
 def num_parameters(params) -> int:
     return int(sum(x.size for x in jax.tree.leaves(params)))
 
 
-def _write_pictures(model, params, workdir, tag, key, config):
-    samples = np.asarray(generate(model, params, key, config.eval.num_samples, config.eval.sampler_steps))
-    outputs.save_image_grid(samples, model.vocab_size, os.path.join(workdir, f"samples_{tag}.png"))
-    outputs.plot_schedule(model.gamma_fn(params), os.path.join(workdir, f"log_snr_{tag}.png"))
-    return samples
+def check_workdir(workdir: str) -> None:
+    """WorkdirError unless workdir can be created and written."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, f".write_test.{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise WorkdirError(f"workdir {workdir} is not writable ({e.strerror or e}); pass a writable --workdir") from None
 
 
-def final_evaluation(config, workdir, model, state, ds, keys, train_seconds=None):
-    """Test bits/dim over the whole split with EMA parameters -> results.json; samples -> PNG + npz."""
-    eval_step = make_eval_step(model)
-    res = evaluate(eval_step, state.ema_params, ds.test, config.eval.batch_size, keys["final"], config.eval.num_repeats)
-    samples = _write_pictures(model, state.ema_params, workdir, "final", keys["sample"], config)
-    np.savez_compressed(os.path.join(workdir, "samples.npz"), samples=samples)
-    results = {
-        "test_bpd": res["bpd"],
-        "test_bpd_stderr": res["bpd_stderr"],
-        **{f"test_{k}": v for k, v in res.items() if k not in ("bpd", "bpd_stderr")},
-        "parameters": "EMA parameters (decay %g, warmed up)" % config.optim.ema_decay,
-        "stderr": "Monte-Carlo standard error over %d repeats of the whole test split" % config.eval.num_repeats,
-        "num_test_examples": len(ds.test),
-        "step": int(state.step),
-        "num_parameters": num_parameters(state.params),
-        "train_seconds": train_seconds,
-        "gamma_0": float(model.gamma_fn(state.ema_params)(jnp.zeros(1))[0]),
-        "gamma_1": float(model.gamma_fn(state.ema_params)(jnp.ones(1))[0]),
-        "samples": "samples_final.png, samples.npz (ancestral, T=%d)" % config.eval.sampler_steps,
-    }
-    path = os.path.join(workdir, "results.json")
-    outputs.write_json(path, results)
-    return results, path
+class _Run:
+    """What every mode needs: validated config, model, optimizer, mesh, test split."""
+
+    def __init__(self, config, workdir: str):
+        validate(config)
+        data.check_config(config)
+        self.config, self.workdir = config, workdir
+        self.mesh = distributed.data_mesh()
+        distributed.check_batch_size(config.training.batch_size, self.mesh)
+        distributed.check_batch_size(config.eval.batch_size, self.mesh, "eval.batch_size")
+        self.model = VDM.from_config(config)
+        self.tx, self.lr_schedule = make_optimizer(config.optim, config.training.num_steps)
+        self.keys = _keys(config.training.seed)
+        self.main = distributed.is_main_process()
+        self.repl = distributed.replicated(self.mesh)
+
+    def test_split(self) -> data.Split:
+        arrays = Source(self.config.data.name, "test", self.config.data.data_dir or None).to_numpy()
+        data.check_values(arrays["images"], self.config.data.vocab_size, f"{self.config.data.name} test split")
+        return data.Split(arrays["images"], arrays["labels"])
+
+    def abstract_state(self):
+        shapes = jax.eval_shape(lambda: create_train_state(self.model, self.tx, jax.random.key(0)))
+        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.repl), shapes)
+
+    def fresh_state(self):
+        init = jax.jit(lambda k: create_train_state(self.model, self.tx, k), out_shardings=self.repl)
+        return init(self.keys["init"])
+
+    def restore(self, step=None, data_iterator=None):
+        manager = checkpoint.make_manager(self.workdir, self.config.checkpoint.max_to_keep)
+        return checkpoint.restore(manager, self.abstract_state(), step, data_iterator)
+
+    def generate(self, params, key):
+        c = self.config.eval
+        return distributed.to_host(generate(self.model, params, key, c.num_samples, c.sampler_steps))
+
+    def write_pictures(self, params, tag, key):
+        samples = self.generate(params, key)
+        if self.main:
+            outputs.save_image_grid(samples, self.model.vocab_size, os.path.join(self.workdir, f"samples_{tag}.png"))
+            outputs.plot_schedule(self.model.gamma_fn(params), os.path.join(self.workdir, f"log_snr_{tag}.png"))
+        return samples
+
+    def final_evaluation(self, state, test, train_seconds=None):
+        """Test bits/dim over the whole split with EMA parameters -> results.json; samples -> PNG + npz."""
+        config, model = self.config, self.model
+        eval_step = make_eval_step(model, self.mesh)
+        res = evaluate(eval_step, state.ema_params, test, config.eval.batch_size, self.keys["final"],
+                       config.eval.num_repeats, self.mesh)
+        samples = self.write_pictures(state.ema_params, "final", self.keys["sample"])
+        gamma = model.gamma_fn(state.ema_params)(jnp.array([0.0, 1.0]))
+        results = {
+            "test_bpd": res["bpd"],
+            "test_bpd_stderr": res["bpd_stderr"],
+            **{f"test_{k}": v for k, v in res.items() if k not in ("bpd", "bpd_stderr")},
+            "parameters": "EMA parameters (decay %g, warmed up)" % config.optim.ema_decay,
+            "stderr": "Monte-Carlo standard error over %d repeats of the whole test split" % config.eval.num_repeats,
+            "num_test_examples": len(test),
+            "step": int(distributed.to_host(state.step)),
+            "num_parameters": num_parameters(state.params),
+            "train_seconds": train_seconds,
+            "gamma_0": float(distributed.to_host(gamma)[0]),
+            "gamma_1": float(distributed.to_host(gamma)[1]),
+            "samples": "samples_final.png, samples.npz (ancestral, T=%d)" % config.eval.sampler_steps,
+        }
+        path = os.path.join(self.workdir, "results.json")
+        if self.main:
+            np.savez_compressed(os.path.join(self.workdir, "samples.npz"), samples=samples)
+            outputs.write_json(path, results)
+        return results, path
+
+
+def _write_config(run: _Run) -> None:
+    path = os.path.join(run.workdir, "config.json")
+    new = run.config.to_dict()
+    if os.path.exists(path):
+        old = checkpoint.load_config(run.workdir).to_dict()
+        changed = sorted(k for k in new if new[k] != old.get(k))
+        if changed:
+            print(f"vdm: warning: config differs from the one this workdir was started with in {changed}; "
+                  "continuing with the new one", file=sys.stderr, flush=True)
+    outputs.write_json(path, {"config": new, **outputs.run_metadata()})
+
+
+def _mean_metrics(pending) -> dict:
+    """Means over the finite values of each metric, plus the number of rejected steps."""
+    cat = {k: np.concatenate([distributed.to_host(m[k]) for m in pending]) for k in pending[0]}
+    ok = cat.pop("nonfinite") == 0
+    means = {k: float(np.mean(v[ok])) if ok.any() else float("nan") for k, v in cat.items()}
+    means["rejected_steps"] = float((~ok).sum())
+    return means
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-    """Trains from the config, evaluates the EMA parameters on the test split, writes everything to workdir.
+    """Trains (resuming if the workdir has a checkpoint), evaluates the EMA parameters, writes results.json.
 
-    Returns results.json's contents. The last line printed is
-    `test_bpd=<value> results=<path>`.
+    Returns results.json's contents. The last line printed is `test_bpd=<value> results=<path>`.
     """
-    ds, model, tx, lr_schedule = _setup(config)
-    os.makedirs(workdir, exist_ok=True)
-    outputs.write_json(os.path.join(workdir, "config.json"), {"config": config.to_dict(), **outputs.run_metadata()})
-    t = config.training
-    if t.num_steps % t.steps_per_call:
-        raise ConfigError("config key 'training.num_steps' must be a multiple of 'training.steps_per_call'")
-    keys = _keys(t.seed)
-    state = create_train_state(model, tx, keys["init"])
-    print(f"vdm: {ds.name} {ds.image_shape} V={ds.vocab_size}, {num_parameters(state.params):,} parameters, "
-          f"{t.num_steps} steps of batch {t.batch_size}", flush=True)
-    train_step = make_train_step(model, tx, lr_schedule, config.optim.ema_decay)
-    eval_step = make_eval_step(model)
-    writer = outputs.MetricsWriter(workdir)
-    manager = checkpoint.make_manager(workdir)
+    check_workdir(workdir)
+    results_path = os.path.join(workdir, "results.json")
+    if os.path.exists(results_path):
+        with open(results_path) as f:
+            results = json.load(f)
+        print(f"vdm: {workdir} already finished (delete results.json to evaluate again)\n"
+              f"test_bpd={results['test_bpd']:.4f} results={os.path.abspath(results_path)}", flush=True)
+        return results
+    run = _Run(config, workdir)
+    t, c = config.training, config.checkpoint
+    iterator = data.make_train_iterator(config, jax.process_index(), jax.process_count())
+    test = run.test_split()
+    manager = checkpoint.make_manager(workdir, c.max_to_keep)
+    resumed = manager.latest_step()
+    if resumed is not None:
+        state = checkpoint.restore(manager, run.abstract_state(), resumed, iterator.iterator)
+    else:
+        state = run.fresh_state()
+    step = int(distributed.to_host(state.step))
+    writer = outputs.MetricsWriter(workdir, enabled=run.main)
+    if run.main:
+        _write_config(run)
+        writer.rewind(step)
+        print(f"vdm: {config.data.name} {tuple(config.data.image_shape)} V={config.data.vocab_size}, "
+              f"{num_parameters(state.params):,} parameters, {t.num_steps} steps of batch {t.batch_size} "
+              f"on {run.mesh.devices.size} device(s) in {jax.process_count()} process(es)"
+              + (f"; resumed from step {step}" if resumed is not None else ""), flush=True)
+    train_step = make_train_step(run.model, run.tx, run.lr_schedule, config.optim.ema_decay, run.mesh)
+    eval_step = make_eval_step(run.model, run.mesh)
 
     from tqdm.auto import tqdm
 
     interactive = sys.stderr.isatty()  # in a log file, redraw every 30 s instead of every 2 s
-    bar = tqdm(total=t.num_steps, desc="train", unit="step", dynamic_ncols=True, mininterval=2.0 if interactive else 30.0)
-    start = last_time = time.time()
-    step, last_step, pending = 0, 0, []
-    while step < t.num_steps:
-        batches = data.train_batches(ds.train, t.batch_size, t.seed, step, t.steps_per_call)
-        if pending:  # keep one call in flight, so the progress bar counts finished steps
-            jax.block_until_ready(pending[-1])
-        state, metrics = train_step(state, batches, keys["train"])
-        step += t.steps_per_call
-        pending.append(metrics)
-        bar.update(t.steps_per_call)
-        out_of_time = t.max_seconds and time.time() - start >= t.max_seconds
-        if step % t.log_every == 0 or step == t.num_steps or out_of_time:
-            means = {k: float(np.mean(np.concatenate([np.asarray(m[k]) for m in pending]))) for k in pending[0]}
-            now = time.time()
-            means["steps_per_sec"] = (step - last_step) / (now - last_time)
-            last_step, last_time, pending = step, now, []
-            if not all(math.isfinite(v) for v in means.values()):
-                raise FloatingPointError(f"non-finite training metrics at step {step}: {means}")
-            writer.write(step, "train", means)
-            bar.set_postfix(bpd=f"{means['bpd']:.3f}", g0=f"{means['gamma_0']:.2f}", g1=f"{means['gamma_1']:.2f}")
-        if step % t.eval_every == 0 and step < t.num_steps and not out_of_time:
-            res = evaluate(eval_step, state.ema_params, ds.test, config.eval.batch_size, jax.random.fold_in(keys["eval"], step))
-            writer.write(step, "eval", {k: v for k, v in res.items()})
-            _write_pictures(model, state.ema_params, workdir, f"step{step}", keys["sample"], config)
-            checkpoint.save(manager, step, state)
-            bar.write(f"step {step}: test bpd {res['bpd']:.4f} ± {res['bpd_stderr']:.4f} (EMA, 1 pass)")
-        if out_of_time:
-            bar.write(f"training.max_seconds={t.max_seconds:g} reached at step {step}; evaluating")
-            break
-    bar.close()
-    train_seconds = time.time() - start
-    checkpoint.save(manager, step, state)
-    results, path = final_evaluation(config, workdir, model, state, ds, keys, train_seconds)
+    bar = tqdm(total=t.num_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
+               mininterval=2.0 if interactive else 30.0, disable=not run.main)
+    start = last_time = last_save_time = time.time()
+    last_step, last_saved, pending = step, step, []
+
+    def save(at):
+        nonlocal last_saved, last_save_time
+        checkpoint.save(manager, at, state, iterator.iterator)
+        last_saved, last_save_time = at, time.time()
+
+    with PreemptionGuard() as guard:
+        while step < t.num_steps:
+            local = iterator.next(t.steps_per_call)
+            batches = distributed.global_batch(local, run.mesh, leading_axes=1)
+            if pending:  # keep one call in flight, so the progress bar counts finished steps
+                jax.block_until_ready(pending[-1])
+            state, metrics = train_step(state, batches, run.keys["train"])
+            step += t.steps_per_call
+            pending.append(metrics)
+            bar.update(t.steps_per_call)
+            rejected = distributed.to_host(metrics["nonfinite"])
+            if rejected.any() and t.on_nonfinite == "stop":
+                bad = step - t.steps_per_call + int(np.argmax(rejected))
+                raise NonFiniteLoss(
+                    f"step {bad} gave a non-finite loss or gradient; its update was rejected and the run stopped. "
+                    f"Last good checkpoint: step {manager.latest_step()} in {manager.directory}. Lower "
+                    "optim.learning_rate, or set --config.training.on_nonfinite=skip to skip such steps")
+            out_of_time = t.max_seconds and time.time() - start >= t.max_seconds
+            if step % t.log_every == 0 or step == t.num_steps or out_of_time:
+                means = _mean_metrics(pending)
+                now = time.time()
+                means["steps_per_sec"] = (step - last_step) / (now - last_time)
+                last_step, last_time, pending = step, now, []
+                writer.write(step, "train", means)
+                if math.isfinite(means["bpd"]):
+                    bar.set_postfix(bpd=f"{means['bpd']:.3f}", g0=f"{means['gamma_0']:.2f}", g1=f"{means['gamma_1']:.2f}")
+            if step % t.eval_every == 0 and step < t.num_steps and not out_of_time:
+                res = evaluate(eval_step, state.ema_params, test, config.eval.batch_size,
+                               jax.random.fold_in(run.keys["eval"], step), mesh=run.mesh)
+                writer.write(step, "eval", res)
+                run.write_pictures(state.ema_params, f"step{step}", run.keys["sample"])
+                save(step)
+                bar.write(f"step {step}: test bpd {res['bpd']:.4f} ± {res['bpd_stderr']:.4f} (EMA, 1 pass)")
+            elif step - last_saved >= c.every_steps or (c.every_minutes and time.time() - last_save_time >= 60 * c.every_minutes):
+                save(step)
+            if guard.requested:
+                if last_saved != step:
+                    save(step)
+                bar.close()
+                guard.exit(f"{guard.signal_name} at step {step}: checkpoint written to {manager.directory}; "
+                           "run the same command to resume")
+            if out_of_time:
+                bar.write(f"training.max_seconds={t.max_seconds:g} reached at step {step}; evaluating")
+                break
+        bar.close()
+        train_seconds = time.time() - start
+        if manager.latest_step() != step:
+            save(step)
+        guard.checkpointed = True  # from here on a signal stops at once: the final state is saved
+        results, path = run.final_evaluation(state, test, train_seconds)
     writer.write(step, "test", {k: v for k, v in results.items() if k.startswith("test_")})
     writer.close()
-    print(f"test_bpd={results['test_bpd']:.4f} results={os.path.abspath(path)}", flush=True)
+    if run.main:
+        print(f"test_bpd={results['test_bpd']:.4f} results={os.path.abspath(path)}", flush=True)
     return results
-
-
-def _restore(config, workdir, step=None):
-    ds, model, tx, _ = _setup(config)
-    abstract = jax.eval_shape(lambda: create_train_state(model, tx, jax.random.key(0)))
-    state = checkpoint.restore(checkpoint.make_manager(workdir), abstract, step)
-    return ds, model, state
 
 
 def evaluate_run(config, workdir: str, step: int | None = None) -> dict:
     """Re-evaluates a checkpoint (default: latest) -> results.json."""
-    ds, model, state = _restore(config, workdir, step)
-    results, path = final_evaluation(config, workdir, model, state, ds, _keys(config.training.seed))
-    print(f"test_bpd={results['test_bpd']:.4f} results={os.path.abspath(path)}", flush=True)
+    run = _Run(config, workdir)
+    state = run.restore(step)
+    results, path = run.final_evaluation(state, run.test_split())
+    if run.main:
+        print(f"test_bpd={results['test_bpd']:.4f} results={os.path.abspath(path)}", flush=True)
     return results
 
 
 def sample_run(config, workdir: str, step: int | None = None, seed: int = 0):
     """Samples from a checkpoint's EMA parameters -> samples_sampled.png and samples_sampled.npz."""
-    _, model, state = _restore(config, workdir, step)
-    samples = np.asarray(generate(model, state.ema_params, jax.random.key(seed), config.eval.num_samples, config.eval.sampler_steps))
+    run = _Run(config, workdir)
+    state = run.restore(step)
+    samples = run.generate(state.ema_params, jax.random.key(seed))
     png = os.path.join(workdir, "samples_sampled.png")
-    outputs.save_image_grid(samples, model.vocab_size, png)
-    np.savez_compressed(os.path.join(workdir, "samples_sampled.npz"), samples=samples)
-    print(f"samples={os.path.abspath(png)}", flush=True)
+    if run.main:
+        outputs.save_image_grid(samples, run.model.vocab_size, png)
+        np.savez_compressed(os.path.join(workdir, "samples_sampled.npz"), samples=samples)
+        print(f"samples={os.path.abspath(png)}", flush=True)
     return samples

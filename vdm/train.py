@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vdm import optim
+from vdm import distributed, optim
 from vdm.model import VDM
 
 TERM_NAMES = ("bpd", "bpd_prior", "bpd_reconstruction", "bpd_diffusion")
@@ -47,11 +47,19 @@ def _scalar_metrics(loss, terms, grads, lr):
     return metrics
 
 
-def make_train_step(model: VDM, tx, lr_schedule, ema_decay: float):
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def make_train_step(model: VDM, tx, lr_schedule, ema_decay: float, mesh=None):
     """Returns a jitted train_step(state, batches, base_key) with the state donated.
 
-    batches: {'images': [K, B, H, W, C], 'labels': [K, B]}; K optimizer steps per call.
-    Returns the new state and the metrics of each step, leaves [K].
+    batches: {'images': [K, B, H, W, C], 'labels': [K, B], optional 'cond': [K, B, D]}:
+    K optimizer steps per call. Returns the new state and the metrics of each
+    step, leaves [K]. A step whose loss or gradient is not finite is rejected:
+    parameters, EMA and optimizer state stay as they were, `state.step` still
+    advances, and its metric 'nonfinite' is 1. With a `mesh`, the state is
+    replicated and batches are sharded over its 'data' axis.
     """
 
     def one_step(state: TrainState, batch, base_key):
@@ -66,9 +74,14 @@ def make_train_step(model: VDM, tx, lr_schedule, ema_decay: float):
             updated, num_updates = True, state.step + 1
         ema = optim.ema_update(state.ema_params, params, ema_decay, num_updates)
         ema = jax.tree.map(lambda new, old: jnp.where(updated, new, old), ema, state.ema_params)
+        finite = jnp.isfinite(loss) & _all_finite(grads)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
         metrics = _scalar_metrics(loss, terms, grads, lr_schedule(num_updates - 1))
-        metrics.update(gamma_0=model.gamma_fn(params)(jnp.zeros(1))[0], gamma_1=model.gamma_fn(params)(jnp.ones(1))[0])
-        return TrainState(state.step + 1, params, ema, opt_state), metrics
+        metrics.update(gamma_0=model.gamma_fn(params)(jnp.zeros(1))[0], gamma_1=model.gamma_fn(params)(jnp.ones(1))[0],
+                       nonfinite=1.0 - finite.astype(jnp.float32))
+        new_state = TrainState(state.step + 1, keep(params, state.params), keep(ema, state.ema_params),
+                               keep(opt_state, state.opt_state))
+        return new_state, metrics
 
     def train_step(state, batches, base_key):
         if jax.tree.leaves(batches)[0].shape[0] == 1:  # no loop: XLA:CPU runs conv backward slowly in loops
@@ -76,27 +89,35 @@ def make_train_step(model: VDM, tx, lr_schedule, ema_decay: float):
             return state, jax.tree.map(lambda m: jnp.asarray(m)[None], metrics)
         return jax.lax.scan(lambda s, b: one_step(s, b, base_key), state, batches)
 
-    return jax.jit(train_step, donate_argnums=(0,))
+    if mesh is None:
+        return jax.jit(train_step, donate_argnums=(0,))
+    repl = distributed.replicated(mesh)
+    return jax.jit(train_step, donate_argnums=(0,), in_shardings=(repl, distributed.batch_sharding(mesh, 1), repl),
+                   out_shardings=(repl, repl))
 
 
-def make_eval_step(model: VDM):
+def make_eval_step(model: VDM, mesh=None):
     """Returns a jitted eval_step(params, batch, key) -> per-example terms {name: [B]} (no dropout)."""
 
     def eval_step(params, batch, key):
         terms = model.elbo_terms(params, batch, key, train=False)
         return {name: terms[name] for name in TERM_NAMES}
 
-    return jax.jit(eval_step)
+    if mesh is None:
+        return jax.jit(eval_step)
+    repl, batch = distributed.replicated(mesh), distributed.batch_sharding(mesh)
+    return jax.jit(eval_step, in_shardings=(repl, batch, repl), out_shardings=batch)
 
 
-def evaluate(eval_step, params, split, batch_size: int, key, num_repeats: int = 1):
+def evaluate(eval_step, params, split, batch_size: int, key, num_repeats: int = 1, mesh=None):
     """ELBO over a whole split, `num_repeats` Monte-Carlo passes.
 
     Returns {name: mean over examples and repeats} plus '<name>_stderr': the
     Monte-Carlo standard error of that mean (std over repeats of the split
     mean / sqrt(repeats), or, for one repeat, the std over examples / sqrt(N)).
+    With a `mesh`, every process holds the split and feeds its part of each batch.
     """
-    from vdm.data import eval_batches
+    from vdm.data import eval_batches, local_part
 
     per_repeat = {name: [] for name in TERM_NAMES}
     per_example = {name: np.zeros(len(split)) for name in TERM_NAMES}
@@ -105,10 +126,12 @@ def evaluate(eval_step, params, split, batch_size: int, key, num_repeats: int = 
         offset = 0
         for b, batch in enumerate(eval_batches(split, batch_size)):
             mask = batch.pop("mask")
+            if mesh is not None:
+                batch = distributed.global_batch(local_part(batch, jax.process_index(), jax.process_count()), mesh)
             terms = eval_step(params, batch, jax.random.fold_in(jax.random.fold_in(key, r), b))
             n = int(mask.sum())
             for name in TERM_NAMES:
-                values = np.asarray(terms[name])[:n]
+                values = distributed.to_host(terms[name])[:n]
                 sums[name] += float(values.sum())
                 per_example[name][offset : offset + n] += values / num_repeats
             offset += n

@@ -1,0 +1,70 @@
+"""Data parallelism over every device of every process: one `data` mesh axis.
+
+Parameters and optimizer state are replicated (PartitionSpec()), batches are
+split along their batch axis (PartitionSpec('data') or, for the [K, B, ...]
+stacks of several steps per call, PartitionSpec(None, 'data')). `jax.jit`
+inserts the gradient all-reduce; the same train step runs on 1 device, N local
+devices or several hosts.
+
+Multi-host: call `initialize()` first (it wraps `jax.distributed.initialize`;
+with no arguments JAX finds the cluster on TPU pods, SLURM and Kubernetes).
+Each process then feeds its own part of every global batch (`vdm.data`) and
+`global_batch` assembles the global array with
+`jax.make_array_from_process_local_data`.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from vdm.errors import DataError
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> None:
+    """jax.distributed.initialize; on CPU also selects gloo collectives so several processes can all-reduce."""
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # used only by the CPU backend
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+
+
+def data_mesh() -> Mesh:
+    return Mesh(np.array(jax.devices()), ("data",))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh, leading_axes: int = 0) -> NamedSharding:
+    """Shards the axis after `leading_axes` unsharded axes over 'data'."""
+    return NamedSharding(mesh, P(*([None] * leading_axes), "data"))
+
+
+def check_batch_size(global_batch_size: int, mesh: Mesh, key: str = "training.batch_size") -> None:
+    n = mesh.devices.size
+    if global_batch_size % n:
+        raise DataError(f"config key '{key}' = {global_batch_size} is not divisible by the {n} devices; "
+                        f"use a multiple of {n}")
+
+
+def global_batch(local: dict, mesh: Mesh, leading_axes: int = 0) -> dict:
+    """This process's part of a batch (numpy leaves) -> global jax.Arrays sharded over 'data'."""
+    sharding = batch_sharding(mesh, leading_axes)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local)
+
+
+def to_host(x) -> np.ndarray:
+    """A replicated or batch-sharded global array -> the full numpy array on every process."""
+    if getattr(x, "is_fully_addressable", True):
+        return np.asarray(x)
+    if x.sharding.is_fully_replicated:
+        return np.asarray(x.addressable_data(0))
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def is_main_process() -> bool:
+    return jax.process_index() == 0
