@@ -23,10 +23,10 @@ $(STAMP): pyproject.toml constraints.txt
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 tests
 
-# Trains configs/digits.py from scratch (~10 min on 2 cores), evaluates test bits/dim
-# with the EMA parameters, writes samples, and checks that the samples are digits.
+# Trains configs/digits.py (~10 min on 2 cores), evaluates test bits/dim with the EMA
+# parameters, writes samples, and checks that the samples are digits. Interrupted, the
+# same command resumes; finished, it reports again (rm -rf runs/demo to start over).
 demo: $(STAMP)
-	rm -rf $(DEMO_DIR)
 	$(PY) -m vdm.main --config=configs/digits.py --workdir=$(DEMO_DIR)
 	$(PY) -m vdm.digits_quality $(DEMO_DIR)
 

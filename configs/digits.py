@@ -51,6 +51,8 @@ def get_config(arg=None):
     c.training.max_seconds = 660.0
     c.training.log_every = 100
     c.training.eval_every = 1000
+    c.checkpoint.every_steps = 500
+    c.checkpoint.every_minutes = 5.0
     c.training.steps_per_call = 1  # >1 puts the step in a while loop, where XLA:CPU conv backward is slow
 
     c.eval.batch_size = 297

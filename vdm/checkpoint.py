@@ -90,8 +90,10 @@ def check_compatible(manager: ocp.CheckpointManager, step: int, abstract_state) 
 def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = None, data_iterator=None):
     """Restores a step (default: latest complete) onto the shardings of `abstract_state`.
 
-    `abstract_state` leaves are jax.ShapeDtypeStruct (with the wanted sharding) or
-    arrays. With `data_iterator`, its position is restored in place too.
+    `abstract_state` leaves are jax.ShapeDtypeStruct or arrays; their sharding,
+    or else replication over all current devices, is the layout restored onto
+    (a checkpoint from 8 devices restores on 1 and vice versa). With
+    `data_iterator`, its position is restored in place too.
     """
     step = manager.latest_step() if step is None else step
     if step is None:
@@ -99,7 +101,10 @@ def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = N
     if step not in manager.all_steps():
         raise CheckpointError(f"no checkpoint for step {step} in {manager.directory}; it has {manager.all_steps()}")
     check_compatible(manager, step, abstract_state)
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+    replicated = jax.sharding.NamedSharding(jax.sharding.Mesh(jax.devices(), ("data",)), jax.sharding.PartitionSpec())
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None) or replicated),
+        abstract_state)
     args = {"state": ocp.args.StandardRestore(abstract)}
     if data_iterator is not None:
         args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)

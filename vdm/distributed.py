@@ -66,5 +66,15 @@ def to_host(x) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
+def any_process(*flags: bool) -> tuple:
+    """Each flag OR-ed over all processes, so every process takes the same branch (time limits, signals)."""
+    if jax.process_count() == 1:
+        return tuple(bool(f) for f in flags)
+    from jax.experimental import multihost_utils
+
+    gathered = np.asarray(multihost_utils.process_allgather(np.array(flags, np.int32)))
+    return tuple(bool(x) for x in gathered.reshape(jax.process_count(), -1).any(axis=0))
+
+
 def is_main_process() -> bool:
     return jax.process_index() == 0

@@ -64,6 +64,20 @@ class MetricsWriter:
 
             self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
+    def last_value(self, split: str, key: str, default=None):
+        """The newest value of `key` among rows of `split` in metrics.jsonl (default if none)."""
+        value = default
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                for line in f:
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue
+                    if row.get("split") == split and key in row:
+                        value = row[key]
+        return value
+
     def rewind(self, step: int) -> None:
         """On resume: drops rows after `step` (and a line cut short by a kill) from metrics.jsonl."""
         if not self.enabled or not os.path.exists(self.path):

@@ -186,6 +186,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     bar = tqdm(total=t.num_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
                mininterval=2.0 if interactive else 30.0, disable=not run.main)
     start = last_time = last_save_time = time.time()
+    start -= writer.last_value("train", "train_seconds", 0.0)  # training.max_seconds counts across resumes
     last_step, last_saved, pending = step, step, []
 
     def save(at):
@@ -210,11 +211,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
                     f"step {bad} gave a non-finite loss or gradient; its update was rejected and the run stopped. "
                     f"Last good checkpoint: step {manager.latest_step()} in {manager.directory}. Lower "
                     "optim.learning_rate, or set --config.training.on_nonfinite=skip to skip such steps")
-            out_of_time = t.max_seconds and time.time() - start >= t.max_seconds
+            out_of_time, stop, save_due = distributed.any_process(
+                t.max_seconds and time.time() - start >= t.max_seconds,
+                guard.requested,
+                step - last_saved >= c.every_steps or (c.every_minutes and time.time() - last_save_time >= 60 * c.every_minutes),
+            )
             if step % t.log_every == 0 or step == t.num_steps or out_of_time:
                 means = _mean_metrics(pending)
                 now = time.time()
                 means["steps_per_sec"] = (step - last_step) / (now - last_time)
+                means["train_seconds"] = now - start
                 last_step, last_time, pending = step, now, []
                 writer.write(step, "train", means)
                 if math.isfinite(means["bpd"]):
@@ -226,13 +232,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 run.write_pictures(state.ema_params, f"step{step}", run.keys["sample"])
                 save(step)
                 bar.write(f"step {step}: test bpd {res['bpd']:.4f} ± {res['bpd_stderr']:.4f} (EMA, 1 pass)")
-            elif step - last_saved >= c.every_steps or (c.every_minutes and time.time() - last_save_time >= 60 * c.every_minutes):
+            elif save_due:
                 save(step)
-            if guard.requested:
+            if stop:
                 if last_saved != step:
                     save(step)
                 bar.close()
-                guard.exit(f"{guard.signal_name} at step {step}: checkpoint written to {manager.directory}; "
+                guard.exit(f"{guard.signal_name or 'signal on another process'} at step {step}: checkpoint written to {manager.directory}; "
                            "run the same command to resume")
             if out_of_time:
                 bar.write(f"training.max_seconds={t.max_seconds:g} reached at step {step}; evaluating")
