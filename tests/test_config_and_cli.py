@@ -89,4 +89,9 @@ def test_cli_tiny_run_writes_every_output(tmp_path):
     assert proc.stdout.strip().splitlines()[-1].startswith("test_bpd=")
     proc = _run_cli(["--config=configs/tiny.py", f"--workdir={workdir}", "--mode=sample"])
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert (workdir / "samples_sampled.png").exists()
+    assert (workdir / "samples_ancestral.png").exists()
+    proc = _run_cli(["--config=configs/tiny.py", f"--workdir={workdir}", "--mode=sample", "--sampler=ddim", "--steps=4"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "DDIM, eta = 0 (deterministic), T = 4: 16 samples" in proc.stdout
+    samples = __import__("numpy").load(workdir / "samples_ddim.npz")["samples"]
+    assert samples.shape == (16, 8, 8, 1) and samples.min() >= 0 and samples.max() <= 16

@@ -189,23 +189,36 @@ def builder(name: str, data_dir: str | None = None):
 
 
 class Source:
-    """Random-access split: len(source), source[i] -> {'images': uint8 [H,W,C], 'labels': int32}."""
+    """Random-access split: len(source), source[i] -> {'images': uint8 [H,W,C], 'labels': int32}.
+
+    Bundled datasets (a few MB) are held in memory after the first read; the
+    others are read from their array_record files on demand.
+    """
 
     def __init__(self, name: str, split: str, data_dir: str | None = None):
         self.name, self.split = name, split
         self.spec = get_spec(name)
         tfds_split = self.spec.train_split if split == "train" else self.spec.test_split
         self._source = builder(name, data_dir).as_data_source(split=tfds_split)
+        self._arrays = self._read_all() if self.spec.bundled else None
 
     def __len__(self):
         return len(self._source)
 
-    def __getitem__(self, index):
+    def _record(self, index):
         record = self._source[index]
         label = record.get("label", 0) if self.spec.num_classes else 0
         return {"images": np.asarray(record["image"], np.uint8), "labels": np.int32(label)}
 
+    def _read_all(self):
+        records = [self._record(i) for i in range(len(self))]
+        return {k: np.stack([r[k] for r in records]) for k in ("images", "labels")}
+
+    def __getitem__(self, index):
+        if self._arrays is not None:
+            return {k: v[index] for k, v in self._arrays.items()}
+        return self._record(index)
+
     def to_numpy(self):
         """The whole split in memory: {'images': [N, H, W, C] uint8, 'labels': [N] int32}."""
-        records = [self[i] for i in range(len(self))]
-        return {k: np.stack([r[k] for r in records]) for k in ("images", "labels")}
+        return self._arrays if self._arrays is not None else self._read_all()

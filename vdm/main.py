@@ -1,5 +1,7 @@
 """Command line: python -m vdm.main --config=configs/digits.py[:variant] --workdir=DIR
-                 [--mode=train|eval|sample] [--config.some.key=value ...]
+                 [--mode=train|eval|sample|likelihood] [--config.some.key=value ...]
+                 [--sampler=ancestral|ddim|ode|ode_adaptive|reverse_sde|pc|annealed_langevin --steps=N
+                  --guidance=W --label=K]
                  [--distributed | --coordinator_address=HOST:PORT --num_processes=N --process_id=I]
 
 Thin: the work is in `vdm.run` (train_and_evaluate, evaluate_run, sample_run).
@@ -20,9 +22,15 @@ from vdm.errors import VdmError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, optionally path:variant.", lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, pictures and results.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"], "What to do.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "likelihood"], "What to do.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step for eval / sample (default: latest).")
-_SEED = flags.DEFINE_integer("sample_seed", 0, "Seed for --mode=sample.")
+_SEED = flags.DEFINE_integer("sample_seed", 0, "Seed for --mode=sample / likelihood.")
+_SAMPLER = flags.DEFINE_string("sampler", "ancestral", "--mode=sample: one of vdm.sampling.SAMPLERS.")
+_STEPS = flags.DEFINE_integer("steps", None, "--mode=sample: sampler steps (default: eval.sampler_steps).")
+_GUIDANCE = flags.DEFINE_float("guidance", 0.0, "--mode=sample: classifier-free guidance weight w.")
+_LABEL = flags.DEFINE_integer("label", -1, "--mode=sample: class of every sample; -1 = all classes in turn.")
+_PROBE = flags.DEFINE_enum("probe", "rademacher", ["rademacher", "gaussian"], "--mode=likelihood: Hutchinson probe.")
+_MAX_EXAMPLES = flags.DEFINE_integer("max_examples", 0, "--mode=likelihood: first N test examples (0 = all).")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "jax.distributed.initialize() with the cluster auto-detected.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-process: HOST:PORT of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
@@ -71,8 +79,11 @@ def main(argv):
         run.train_and_evaluate(config, _WORKDIR.value)
     elif _MODE.value == "eval":
         run.evaluate_run(config, _WORKDIR.value, _STEP.value)
+    elif _MODE.value == "sample":
+        run.sample_run(config, _WORKDIR.value, _STEP.value, _SEED.value, _SAMPLER.value, _STEPS.value,
+                       _GUIDANCE.value, _LABEL.value)
     else:
-        run.sample_run(config, _WORKDIR.value, _STEP.value, _SEED.value)
+        run.likelihood_run(config, _WORKDIR.value, _STEP.value, _PROBE.value, _MAX_EXAMPLES.value, _SEED.value)
 
 
 def cli():

@@ -10,6 +10,7 @@ finish the current call, write a checkpoint and exit with code 75
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -23,7 +24,7 @@ import numpy as np
 from vdm import checkpoint, data, distributed, outputs
 from vdm.config_validation import validate
 from vdm.datasets import Source
-from vdm.errors import NonFiniteLoss, WorkdirError
+from vdm.errors import ConfigError, NonFiniteLoss, WorkdirError
 from vdm.model import VDM
 from vdm.optim import make_optimizer
 from vdm.preemption import PreemptionGuard
@@ -194,28 +195,31 @@ def train_and_evaluate(config, workdir: str) -> dict:
         checkpoint.save(manager, at, state, iterator.iterator)
         last_saved, last_save_time = at, time.time()
 
+    def check_finite(metrics, first):
+        rejected = distributed.to_host(metrics["nonfinite"])
+        if rejected.any() and t.on_nonfinite == "stop":
+            raise NonFiniteLoss(
+                f"step {first + int(np.argmax(rejected))} gave a non-finite loss or gradient; its update was rejected "
+                f"and the run stopped. Last good checkpoint: step {manager.latest_step()} in {manager.directory}. "
+                "Lower optim.learning_rate, or set --config.training.on_nonfinite=skip to skip such steps")
+
     with PreemptionGuard() as guard:
         while step < t.num_steps:
             local = iterator.next(t.steps_per_call)
             batches = distributed.global_batch(local, run.mesh, leading_axes=1)
-            if pending:  # keep one call in flight, so the progress bar counts finished steps
-                jax.block_until_ready(pending[-1])
+            if pending:  # the previous call: waiting for it keeps exactly one call in flight
+                check_finite(pending[-1], step - t.steps_per_call)
             state, metrics = train_step(state, batches, run.keys["train"])
             step += t.steps_per_call
             pending.append(metrics)
             bar.update(t.steps_per_call)
-            rejected = distributed.to_host(metrics["nonfinite"])
-            if rejected.any() and t.on_nonfinite == "stop":
-                bad = step - t.steps_per_call + int(np.argmax(rejected))
-                raise NonFiniteLoss(
-                    f"step {bad} gave a non-finite loss or gradient; its update was rejected and the run stopped. "
-                    f"Last good checkpoint: step {manager.latest_step()} in {manager.directory}. Lower "
-                    "optim.learning_rate, or set --config.training.on_nonfinite=skip to skip such steps")
             out_of_time, stop, save_due = distributed.any_process(
                 t.max_seconds and time.time() - start >= t.max_seconds,
                 guard.requested,
                 step - last_saved >= c.every_steps or (c.every_minutes and time.time() - last_save_time >= 60 * c.every_minutes),
             )
+            if step % t.log_every == 0 or step == t.num_steps or out_of_time or save_due or stop or step % t.eval_every == 0:
+                check_finite(metrics, step - t.steps_per_call)  # nothing is logged or saved after a bad step
             if step % t.log_every == 0 or step == t.num_steps or out_of_time:
                 means = _mean_metrics(pending)
                 now = time.time()
@@ -266,14 +270,80 @@ def evaluate_run(config, workdir: str, step: int | None = None) -> dict:
     return results
 
 
-def sample_run(config, workdir: str, step: int | None = None, seed: int = 0):
-    """Samples from a checkpoint's EMA parameters -> samples_sampled.png and samples_sampled.npz."""
+def sample_run(config, workdir: str, step: int | None = None, seed: int = 0, sampler: str = "ancestral",
+               num_steps: int | None = None, guidance: float = 0.0, label: int = -1):
+    """Samples from a checkpoint's EMA parameters -> samples_<sampler>.png and samples_<sampler>.npz.
+
+    label: a class for every sample, or -1 for classes 0, 1, 2, ... in turn (class-conditional
+    models; unconditional models ignore it); guidance: classifier-free weight w.
+    """
+    from vdm.sampling import SAMPLER_NOTES, SAMPLERS
+
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"--sampler={sampler!r}; expected one of {list(SAMPLERS)}")
     run = _Run(config, workdir)
     state = run.restore(step)
-    samples = run.generate(state.ema_params, jax.random.key(seed))
-    png = os.path.join(workdir, "samples_sampled.png")
+    n, steps = config.eval.num_samples, num_steps or config.eval.sampler_steps
+    labels = None
+    if run.model.class_conditional:
+        labels = np.arange(n) % run.model.num_classes if label < 0 else np.full(n, label)
+        labels = jnp.asarray(labels, jnp.int32)
+    elif guidance:
+        raise ConfigError("--guidance needs a class-conditional model (model.class_conditional=True)")
+    start = time.time()
+    samples = distributed.to_host(generate(run.model, state.ema_params, jax.random.key(seed), n, steps, labels,
+                                           sampler, float(guidance)))
+    seconds = time.time() - start
+    tag = sampler + (f"_w{guidance:g}" if guidance else "")
+    png = os.path.join(workdir, f"samples_{tag}.png")
     if run.main:
         outputs.save_image_grid(samples, run.model.vocab_size, png)
-        np.savez_compressed(os.path.join(workdir, "samples_sampled.npz"), samples=samples)
-        print(f"samples={os.path.abspath(png)}", flush=True)
+        np.savez_compressed(os.path.join(workdir, f"samples_{tag}.npz"), samples=samples,
+                            labels=np.asarray(labels) if labels is not None else np.zeros(0))
+        print(f"{SAMPLER_NOTES[sampler].replace('--steps', str(steps))}: {n} samples in {seconds:.1f} s "
+              f"(compile included)\nsamples={os.path.abspath(png)}", flush=True)
     return samples
+
+
+def likelihood_run(config, workdir: str, step: int | None = None, probe: str = "rademacher",
+                   max_examples: int = 0, seed: int = 0) -> dict:
+    """Test-split bits/dim through the probability-flow ODE (both dequantisations) next to the ELBO -> likelihood.json."""
+    from vdm import likelihood
+
+    run = _Run(config, workdir)
+    state = run.restore(step)
+    test = run.test_split()
+    if max_examples:
+        test = data.Split(test.images[:max_examples], test.labels[:max_examples])
+    params, model = state.ema_params, run.model
+    elbo = evaluate(make_eval_step(model, run.mesh), params, test, config.eval.batch_size, run.keys["final"],
+                    config.eval.num_repeats, run.mesh)
+
+    @functools.partial(jax.jit, static_argnums=2)
+    def ode_bpd(x_int, key, dequantization):
+        return likelihood.bits_per_dim(x_int, model.eps_hat_fn(params), model.gamma_fn(params), model.vocab_size,
+                                       key, dequantization=dequantization, probe=probe)
+
+    out = {"elbo_bpd": elbo["bpd"], "elbo_bpd_stderr": elbo["bpd_stderr"], "num_examples": len(test),
+           "step": int(distributed.to_host(state.step)), "probe": probe,
+           "elbo": "continuous-time ELBO (%d Monte-Carlo passes), EMA parameters" % config.eval.num_repeats}
+    for deq, note in likelihood.DEQUANTIZATIONS.items():
+        start, values = time.time(), []
+        for b, batch in enumerate(data.eval_batches(test, config.eval.batch_size)):
+            n = int(batch["mask"].sum())
+            key = jax.random.fold_in(jax.random.key(seed), b)
+            values.append(np.asarray(ode_bpd(jnp.asarray(batch["images"]), key, deq))[:n])
+        values = np.concatenate(values)
+        out[f"ode_bpd_{deq}"] = float(values.mean())
+        out[f"ode_bpd_{deq}_stderr"] = float(values.std(ddof=1) / np.sqrt(len(values)))
+        out[f"ode_{deq}_dequantization"] = note
+        out[f"ode_{deq}_seconds"] = time.time() - start
+    if run.main:
+        outputs.write_json(os.path.join(workdir, "likelihood.json"), out)
+        print(f"test bits/dim over {len(test)} examples (standard errors over examples / Monte-Carlo passes):")
+        print(f"  ELBO                        {out['elbo_bpd']:.4f} ± {out['elbo_bpd_stderr']:.4f}")
+        for deq in likelihood.DEQUANTIZATIONS:
+            print(f"  ODE, {deq:<11} dequant.  {out[f'ode_bpd_{deq}']:.4f} ± {out[f'ode_bpd_{deq}_stderr']:.4f}"
+                  f"   ({out[f'ode_{deq}_dequantization']})")
+        print(f"likelihood={os.path.abspath(os.path.join(workdir, 'likelihood.json'))}", flush=True)
+    return out

@@ -54,7 +54,7 @@ def decode(z_0, gamma_0, vocab_size: int, key=None):
     return jax.random.categorical(key, logits, axis=-1)
 
 
-def ddim_sample(key, eps_hat_fn, gamma_fn, shape, num_steps: int, eta: float = 0.0):
+def ddim_sample(key, eps_hat_fn, gamma_fn, shape, num_steps: int, eta: float = 0.0, z_1=None):
     """z_0 after T DDIM steps (Song et al. 2021) from z_1 ~ N(0, I).
 
     Each step: x_hat = (z_t - sigma_t eps_hat) / alpha_t;
@@ -62,9 +62,10 @@ def ddim_sample(key, eps_hat_fn, gamma_fn, shape, num_steps: int, eta: float = 0
     v = eta^2 sigma_Q^2 = eta^2 sigma_s^2 c. eta = 1 is exactly the ancestral
     step (sqrt(sigma_s^2 - sigma_Q^2) = sigma_s exp((gamma_s - gamma_t)/2));
     eta = 0 is deterministic and approaches the probability-flow ODE as T grows.
+    z_1: the starting latent (default: drawn from `key`).
     """
     k_init, k_steps = jax.random.split(key)
-    z = jax.random.normal(k_init, shape)
+    z = jax.random.normal(k_init, shape) if z_1 is None else z_1
     batch = shape[0]
 
     def step(z, i):
@@ -81,3 +82,34 @@ def ddim_sample(key, eps_hat_fn, gamma_fn, shape, num_steps: int, eta: float = 0
 
     z, _ = jax.lax.scan(step, z, jnp.arange(num_steps - 1, -1, -1))
     return z
+
+
+def get_sampler(name: str):
+    """sampler(key, eps_hat_fn, gamma_fn, shape, num_steps) -> z_0 for every name in SAMPLERS."""
+    from vdm import sde
+
+    table = {
+        "ancestral": ancestral_sample,
+        "ddim": ddim_sample,
+        "ode": sde.ode_sample_heun,
+        "ode_adaptive": lambda key, eps, gamma, shape, num_steps: sde.ode_sample_adaptive(key, eps, gamma, shape)[0],
+        "reverse_sde": sde.reverse_sde_sample,
+        "pc": sde.pc_sample,
+        "annealed_langevin": lambda key, eps, gamma, shape, num_steps: sde.annealed_langevin_sample(
+            key, eps, gamma, shape, num_steps),
+    }
+    if name not in table:
+        raise ValueError(f"unknown sampler {name!r}; expected one of {list(table)}")
+    return table[name]
+
+
+SAMPLERS = ("ancestral", "ddim", "ode", "ode_adaptive", "reverse_sde", "pc", "annealed_langevin")
+SAMPLER_NOTES = {
+    "ancestral": "VDM posterior steps p(z_s | z_t), T = --steps",
+    "ddim": "DDIM, eta = 0 (deterministic), T = --steps",
+    "ode": "probability-flow ODE, Heun, --steps steps (2 evaluations each)",
+    "ode_adaptive": "probability-flow ODE, diffrax Tsit5, rtol = atol = 1e-4 (--steps ignored)",
+    "reverse_sde": "reverse-time SDE, Euler-Maruyama, --steps steps",
+    "pc": "predictor-corrector: ancestral predictor + 1 Langevin corrector (snr 0.16), --steps steps",
+    "annealed_langevin": "annealed Langevin, --steps levels x 20 steps, step 0.05 sigma_t^2",
+}

@@ -147,14 +147,26 @@ def evaluate(eval_step, params, split, batch_size: int, key, num_repeats: int = 
     return out
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3, 4))
-def generate(model: VDM, params, key, num_samples: int, num_steps: int, labels=None):
-    """Integer samples [N, H, W, C] from the ancestral sampler with T = num_steps."""
+@functools.partial(jax.jit, static_argnums=(0, 3, 4, 6, 7))
+def generate(model: VDM, params, key, num_samples: int, num_steps: int, labels=None, sampler: str = "ancestral",
+             guidance: float = 0.0):
+    """Integer samples [N, H, W, C] from a sampler of `vdm.sampling.SAMPLERS` with `num_steps` steps.
+
+    labels [N] (class-conditional models; None = the null label, i.e. unconditional);
+    guidance: classifier-free weight w (needs labels).
+    """
+    from vdm import guidance as guide
     from vdm import sampling
 
     k_sample, k_decode = jax.random.split(key)
-    z_0 = sampling.ancestral_sample(
-        k_sample, model.eps_hat_fn(params, labels=labels), model.gamma_fn(params), (num_samples, *model.image_shape), num_steps
+    if guidance:
+        if labels is None:
+            raise ValueError("classifier-free guidance needs labels")
+        eps_hat_fn = guide.classifier_free_eps_hat_fn(model, params, labels, guidance)
+    else:
+        eps_hat_fn = model.eps_hat_fn(params, labels=labels)
+    z_0 = sampling.get_sampler(sampler)(
+        k_sample, eps_hat_fn, model.gamma_fn(params), (num_samples, *model.image_shape), num_steps
     )
     gamma_0 = model.gamma_fn(params)(jnp.zeros((1,)))[0]
     return sampling.decode(z_0, gamma_0, model.vocab_size, k_decode)
