@@ -75,3 +75,21 @@ def test_scan_and_loop_compute_the_same_function():
     np.testing.assert_allclose(
         scan.apply({"params": p_scan}, z, g), loop.apply({"params": p_loop}, z, g), rtol=1e-4, atol=1e-5
     )
+
+
+@pytest.mark.parametrize("channels", [8, 32])
+def test_time_and_label_conditioning_reach_the_output(channels):
+    """Regression: with one channel per GroupNorm group the per-channel conditioning was normalised away."""
+    from vdm.nets import ScoreUNet
+
+    net = ScoreUNet(channels=channels, num_blocks=1, out_channels=1, gamma_min=-8.0, gamma_max=5.0, num_classes=10,
+                    fourier=None, scan_blocks=False)
+    z = jax.random.normal(jax.random.key(0), (2, 8, 8, 1))
+    params = net.init(jax.random.key(1), z, jnp.zeros(2))["params"]
+    leaves, tree = jax.tree.flatten(params)  # fresh output layers are zero: perturb every weight
+    keys = jax.random.split(jax.random.key(2), len(leaves))
+    params = jax.tree.unflatten(tree, [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+    out = lambda gamma, label: net.apply({"params": params}, z, jnp.full(2, gamma), None, jnp.full(2, label))  # noqa: E731
+    scale = float(jnp.max(jnp.abs(out(0.0, 0))))
+    assert float(jnp.max(jnp.abs(out(-4.0, 0) - out(2.0, 0)))) > 1e-2 * scale
+    assert float(jnp.max(jnp.abs(out(0.0, 0) - out(0.0, 7)))) > 1e-2 * scale

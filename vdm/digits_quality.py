@@ -29,14 +29,24 @@ def _nearest_distance(a, b):
     return np.sqrt(np.maximum(d2.min(1), 0.0))
 
 
-def sample_quality(samples, dataset) -> dict:
-    """Figures for integer samples [N, 8, 8, 1] against a digits `vdm.data.Dataset`."""
+def fit_digit_classifier(dataset):
+    """Logistic regression (C = 1) on clean training digits; predict with `predict_digits`."""
     from sklearn.linear_model import LogisticRegression
 
-    x_train, x_test, x_s = _flat(dataset.train.images), _flat(dataset.test.images), _flat(samples)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        clf = LogisticRegression(C=1.0, max_iter=5000).fit(x_train / 16.0, dataset.train.labels)
+        return LogisticRegression(C=1.0, max_iter=5000).fit(_flat(dataset.train.images) / 16.0, dataset.train.labels)
+
+
+def predict_digits(clf, images):
+    """Class probabilities [N, 10] for integer digits [N, 8, 8, 1]."""
+    return clf.predict_proba(_flat(images) / 16.0)
+
+
+def sample_quality(samples, dataset) -> dict:
+    """Figures for integer samples [N, 8, 8, 1] against a digits `vdm.data.Dataset`."""
+    x_train, x_test, x_s = _flat(dataset.train.images), _flat(dataset.test.images), _flat(samples)
+    clf = fit_digit_classifier(dataset)
     p_test = clf.predict_proba(x_test / 16.0)
     p_s = clf.predict_proba(x_s / 16.0)
     real_confident = float((p_test.max(1) >= CONFIDENT).mean())

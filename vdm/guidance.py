@@ -24,7 +24,7 @@ import numpy as np
 import optax
 
 from vdm import diffusion, losses
-from vdm.nets.layers import group_norm, timestep_embedding
+from vdm.nets.layers import timestep_embedding
 
 
 def classifier_free(eps_cond, eps_null, weight: float):
@@ -62,13 +62,14 @@ class NoisyClassifier(nn.Module):
     def __call__(self, z, gamma):
         t = (gamma - self.gamma_min) / (self.gamma_max - self.gamma_min)
         emb = nn.swish(nn.Dense(4 * self.channels)(timestep_embedding(1000 * t, self.channels)))
+        norm = lambda: nn.GroupNorm(num_groups=min(8, self.channels))  # noqa: E731
         h = nn.Conv(self.channels, (3, 3))(z)
         for _ in range(self.num_layers):
-            r = nn.Conv(self.channels, (3, 3))(nn.swish(group_norm(self.channels)(h)))
+            r = nn.Conv(self.channels, (3, 3))(nn.swish(norm()(h)))
             r = r + nn.Dense(self.channels)(emb)[:, None, None, :]
-            h = h + nn.Conv(self.channels, (3, 3))(nn.swish(group_norm(self.channels)(r)))
-        h = jnp.mean(nn.swish(group_norm(self.channels)(h)), axis=(1, 2))
-        return nn.Dense(self.num_classes)(jnp.concatenate([h, emb], -1))
+            h = h + nn.Conv(self.channels, (3, 3))(nn.swish(norm()(r)))
+        h = nn.Dense(4 * self.channels)(h.reshape(h.shape[0], -1))  # no norm before this: it would erase position
+        return nn.Dense(self.num_classes)(nn.swish(jnp.concatenate([h, emb], -1)))
 
 
 def train_noisy_classifier(key, images, labels, vocab_size: int, gamma_fn, num_classes: int, num_steps: int = 2000,

@@ -12,8 +12,13 @@ import jax.numpy as jnp
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with 32 groups, or fewer when the channel count is small (tiny test models)."""
-    return nn.GroupNorm(num_groups=math.gcd(32, channels))
+    """GroupNorm with groups of at least 4 channels: 32 groups at 128 channels (the paper), 8 at 32.
+
+    Never one channel per group: the ResNet blocks add the time / class conditioning
+    as a per-channel constant just before a GroupNorm, and a group of one channel
+    subtracts exactly that constant (the network would never see the noise level).
+    """
+    return nn.GroupNorm(num_groups=math.gcd(32, max(1, channels // 4)))
 
 
 def timestep_embedding(t, dim: int, max_period: float = 10_000.0):
