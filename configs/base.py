@@ -75,7 +75,7 @@ def get_config(arg=None):
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 256
     c.eval.num_repeats = 4  # Monte-Carlo repeats over the whole test split for results.json
-    c.eval.num_samples = 100  # samples per PNG grid
+    c.eval.num_samples = 100  # final samples (samples_final.png, samples.npz); grids during training show <= 100
     c.eval.sampler_steps = 1000
 
     return c

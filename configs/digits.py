@@ -62,7 +62,8 @@ def get_config(arg=None):
 
     c.eval.batch_size = 297
     c.eval.num_repeats = 4
-    c.eval.sampler_steps = 500
+    c.eval.sampler_steps = 100  # ancestral; 400 samples judged as well at T = 100 as at 500 (confidence ratio 0.84 vs 0.82)
+    c.eval.num_samples = 1000  # the sample check's standard error is ~0.015 with 1000 (~0.05 with 100)
 
     if arg == "long":
         c.schedule.name = "learned_linear"

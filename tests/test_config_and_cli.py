@@ -95,3 +95,9 @@ def test_cli_tiny_run_writes_every_output(tmp_path):
     assert "DDIM, eta = 0 (deterministic), T = 4: 16 samples" in proc.stdout
     samples = __import__("numpy").load(workdir / "samples_ddim.npz")["samples"]
     assert samples.shape == (16, 8, 8, 1) and samples.min() >= 0 and samples.max() <= 16
+    proc = _run_cli(["--config=configs/tiny.py", f"--workdir={workdir}", "--mode=likelihood", "--max_examples=8"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ELBO" in proc.stdout and "variational dequant." in proc.stdout and "uniform     dequant." in proc.stdout
+    lik = json.loads((workdir / "likelihood.json").read_text())
+    assert lik["num_examples"] == 8 and lik["ode_bpd_variational"] > 0 and lik["ode_bpd_uniform_stderr"] > 0
+    assert "log q(z_0|x)" in lik["ode_variational_dequantization"] and "2/V" in lik["ode_uniform_dequantization"]

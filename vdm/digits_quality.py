@@ -6,9 +6,12 @@
   split (0.71 for this classifier).
 * class balance: the fraction of samples the classifier assigns to each class.
 * near-copies: a sample is a near-copy of the training set if its Euclidean
-  distance (in grey levels 0..16) to the closest training image is smaller
-  than that of every real test image to the training set (the minimum
-  test-to-train nearest-neighbour distance, 8.60 on this split).
+  distance (in grey levels 0..16) to the closest training image is below the
+  5th percentile of the real test digits' distances to the training set. By
+  construction 5% of real held-out digits fall below it; more than twice that
+  rate (10%) among the samples counts as memorising. (A rule of "closer than
+  every real test digit" would fail a perfect generator with probability
+  N / (N + 297) for N samples.)
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import warnings
 import numpy as np
 
 CONFIDENT = 0.9
+NEAR_COPY_PERCENTILE = 5.0
 
 
 def _flat(images):
@@ -52,7 +56,8 @@ def sample_quality(samples, dataset) -> dict:
     real_confident = float((p_test.max(1) >= CONFIDENT).mean())
     confident = float((p_s.max(1) >= CONFIDENT).mean())
     fractions = np.bincount(p_s.argmax(1), minlength=10) / len(x_s)
-    threshold = float(_nearest_distance(x_test, x_train).min())
+    test_nn = _nearest_distance(x_test, x_train)
+    threshold = float(np.percentile(test_nn, NEAR_COPY_PERCENTILE))
     nn = _nearest_distance(x_s, x_train)
     return {
         "num_samples": len(x_s),
@@ -65,16 +70,18 @@ def sample_quality(samples, dataset) -> dict:
         "near_copy_threshold": threshold,
         "min_train_distance": float(nn.min()),
         "num_near_copies": int((nn < threshold).sum()),
+        "near_copy_fraction": float((nn < threshold).mean()),
+        "real_test_near_copy_fraction": float((test_nn < threshold).mean()),
     }
 
 
 def passes(report: dict) -> bool:
-    """The acceptance rule: confident ratio >= 0.8, every class 4-20%, no near-copies."""
+    """The acceptance rule: confident ratio >= 0.8, every class 4-20%, near-copies at most twice the real rate."""
     return (
         report["confidence_ratio"] >= 0.8
         and report["min_class_fraction"] >= 0.04
         and report["max_class_fraction"] <= 0.20
-        and report["num_near_copies"] == 0
+        and report["near_copy_fraction"] <= 2 * NEAR_COPY_PERCENTILE / 100
     )
 
 
@@ -84,8 +91,9 @@ def format_report(report: dict) -> str:
         f"samples confident (p>=0.9): {report['confident_fraction']:.2f} vs real test {report['real_test_confident_fraction']:.2f} "
         f"(ratio {report['confidence_ratio']:.2f}, need >= 0.80)\n"
         f"class fractions 0-9: {fr} (min {report['min_class_fraction']:.2f}, max {report['max_class_fraction']:.2f}, need 0.04-0.20)\n"
-        f"near-copies: {report['num_near_copies']} of {report['num_samples']} (closest sample-to-train L2 "
-        f"{report['min_train_distance']:.2f}; rule: < {report['near_copy_threshold']:.2f}, the closest any real test digit comes)\n"
+        f"near-copies: {report['num_near_copies']} of {report['num_samples']} ({report['near_copy_fraction']:.3f}) closer to "
+        f"the training set than L2 {report['near_copy_threshold']:.2f}, the 5th percentile of real test digits "
+        f"(real: {report['real_test_near_copy_fraction']:.3f}; need <= 0.10); closest {report['min_train_distance']:.2f}\n"
         f"sample check: {'PASS' if passes(report) else 'FAIL'}"
     )
 

@@ -85,12 +85,12 @@ class _Run:
         manager = checkpoint.make_manager(self.workdir, self.config.checkpoint.max_to_keep)
         return checkpoint.restore(manager, self.abstract_state(), step, data_iterator)
 
-    def generate(self, params, key):
+    def generate(self, params, key, num_samples=None):
         c = self.config.eval
-        return distributed.to_host(generate(self.model, params, key, c.num_samples, c.sampler_steps))
+        return distributed.to_host(generate(self.model, params, key, num_samples or c.num_samples, c.sampler_steps))
 
-    def write_pictures(self, params, tag, key):
-        samples = self.generate(params, key)
+    def write_pictures(self, params, tag, key, num_samples=None):
+        samples = self.generate(params, key, num_samples)
         if self.main:
             outputs.save_image_grid(samples, self.model.vocab_size, os.path.join(self.workdir, f"samples_{tag}.png"))
             outputs.plot_schedule(self.model.gamma_fn(params), os.path.join(self.workdir, f"log_snr_{tag}.png"))
@@ -233,7 +233,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 res = evaluate(eval_step, state.ema_params, test, config.eval.batch_size,
                                jax.random.fold_in(run.keys["eval"], step), mesh=run.mesh)
                 writer.write(step, "eval", res)
-                run.write_pictures(state.ema_params, f"step{step}", run.keys["sample"])
+                run.write_pictures(state.ema_params, f"step{step}", run.keys["sample"], min(100, config.eval.num_samples))
                 save(step)
                 bar.write(f"step {step}: test bpd {res['bpd']:.4f} ± {res['bpd_stderr']:.4f} (EMA, 1 pass)")
             elif save_due:
