@@ -5,13 +5,14 @@ Two variants, the paper's likelihood-vs-samples trade-off made explicit:
 * default (`make demo`, ~10 minutes on 2 cores): DDPM's L_simple under an
   alpha-cosine schedule on [-8, 5]. It puts its training signal at mid and low
   SNR, where digit shapes are decided, so samples look like digits; test bpd is
-  still computed with the exact continuous-time ELBO. Reaches test bpd <= 2.3
-  (2.15 seen here) and passes the sample check (`python -m vdm.digits_quality`).
+  still computed with the exact continuous-time ELBO. Reaches test bpd <= 1.9
+  (1.81 seen here) and passes the sample check (`python -m vdm.digits_quality`,
+  on 1000 samples).
       python -m vdm.main --config=configs/digits.py --workdir=runs/digits
 * `long` (~25 minutes on 2 cores): trains the ELBO itself with learned
   log-SNR-linear endpoints (initial gamma range [-8, 5]), the best likelihood:
-  test bpd <= 1.85. Its samples are noisier (ELBO weighting spends little on
-  low SNR; see README).
+  test bpd <= 1.85 (measured before the GroupNorm fix of 2026-11-22, which
+  improved the default variant from 2.02 to 1.81; not re-measured yet).
       python -m vdm.main --config=configs/digits.py:long --workdir=runs/digits_long
 * `conditional` (~11 minutes): the default, class-conditional, with labels
   replaced by the null label 15% of the time for classifier-free guidance.
