@@ -64,33 +64,29 @@ class MetricsWriter:
 
             self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
+    def _rows(self):
+        """The parsed rows of metrics.jsonl, skipping a line cut short by a kill."""
+        if not os.path.exists(self.path):
+            return []
+        rows = []
+        with open(self.path) as f:
+            for line in f:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        return rows
+
     def last_value(self, split: str, key: str, default=None):
         """The newest value of `key` among rows of `split` in metrics.jsonl (default if none)."""
-        value = default
-        if os.path.exists(self.path):
-            with open(self.path) as f:
-                for line in f:
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue
-                    if row.get("split") == split and key in row:
-                        value = row[key]
-        return value
+        values = [row[key] for row in self._rows() if row.get("split") == split and key in row]
+        return values[-1] if values else default
 
     def rewind(self, step: int) -> None:
         """On resume: drops rows after `step` (and a line cut short by a kill) from metrics.jsonl."""
         if not self.enabled or not os.path.exists(self.path):
             return
-        kept = []
-        with open(self.path) as f:
-            for line in f:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if row.get("step", 0) <= step:
-                    kept.append(line if line.endswith("\n") else line + "\n")
+        kept = [json.dumps(row) + "\n" for row in self._rows() if row.get("step", 0) <= step]
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
             f.writelines(kept)
