@@ -40,6 +40,9 @@ def get_config(arg=None):
     c.schedule.gamma_min = -13.3
     c.schedule.gamma_max = 5.0
     c.schedule.width = 1024  # monotone_net only
+    # monotone_net only: what its interior shape trains on. elbo | variance (the paper's variance-minimising
+    # schedule: mean of the squared per-example diffusion loss; endpoints and network still train on the ELBO)
+    c.schedule.interior_objective = "elbo"
 
     c.loss = ml_collections.ConfigDict()
     c.loss.num_steps = 0  # T: 0 = continuous time

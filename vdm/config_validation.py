@@ -22,6 +22,7 @@ _CHOICES = {
     "optim.decay": ("constant", "cosine"),
     "data.augmentation": ("none", "flip", "dihedral"),
     "training.on_nonfinite": ("stop", "skip"),
+    "schedule.interior_objective": ("elbo", "variance"),
 }
 _POSITIVE = (
     "data.vocab_size", "model.channels", "model.num_blocks", "training.num_steps", "training.batch_size",
@@ -116,6 +117,13 @@ def validate(config) -> None:
         raise ConfigError("config key 'model.fourier_start' must be < 'model.fourier_stop'")
     if flat["loss.objective"] == "simple" and flat["schedule.name"] in ("learned_linear", "monotone_net"):
         raise ConfigError("config key 'loss.objective' = 'simple' cannot train a learned 'schedule.name'; use a fixed schedule")
+    if flat["schedule.interior_objective"] == "variance":
+        if flat["schedule.name"] != "monotone_net":
+            raise ConfigError("config key 'schedule.interior_objective' = 'variance' needs 'schedule.name' = "
+                              f"'monotone_net' (the only schedule with an interior shape), got {flat['schedule.name']!r}")
+        if flat["loss.objective"] != "elbo" or flat["loss.num_steps"] != 0:
+            raise ConfigError("config key 'schedule.interior_objective' = 'variance' needs the continuous-time ELBO "
+                              "('loss.objective' = 'elbo', 'loss.num_steps' = 0): only there is E[L] free of the interior")
     for key in ("training.log_every", "training.eval_every", "checkpoint.every_steps", "training.num_steps"):
         if flat[key] % flat["training.steps_per_call"]:
             raise ConfigError(f"config key '{key}' = {flat[key]} must be a multiple of 'training.steps_per_call' = "

@@ -37,6 +37,7 @@ __all__ = [
     "reconstruction_loss",
     "elbo_terms",
     "bits_per_dim",
+    "variance_minimizing_value_and_grad",
 ]
 
 
@@ -74,7 +75,7 @@ def _eps_error(x, eps, gamma, eps_hat_fn):
     return _sum_except_batch(jnp.square(eps - eps_hat_fn(z, gamma)))
 
 
-def diffusion_loss(x, eps, t, eps_hat_fn, gamma_fn, num_steps: int = 0):
+def diffusion_loss(x, eps, t, eps_hat_fn, gamma_fn, num_steps: int = 0, gammas_t=None):
     """Diffusion term of the ELBO, one Monte-Carlo sample per example.
 
     Continuous time (num_steps = 0):  L_inf = 1/2 gamma'(t) ||eps - eps_hat(z_t; gamma_t)||^2.
@@ -85,12 +86,16 @@ def diffusion_loss(x, eps, t, eps_hat_fn, gamma_fn, num_steps: int = 0):
       x: data in the network's scale [B, ...] (for images: `scale_data(x_int, V)`).
       eps: N(0, I) noise, x's shape. t: times in [0, 1), [B].
       eps_hat_fn, gamma_fn: see module docstring. num_steps: T, or 0 for continuous time.
+      gammas_t: continuous time only: (gamma(t), gamma'(t)), each [B], given instead of
+        computed from gamma_fn (see `variance_minimizing_value_and_grad`).
     Returns:
       [B] nats; unbiased for the term's expectation over t ~ U[0, 1), eps.
     """
     t = jnp.asarray(t, jnp.float32)
+    if gammas_t is not None and num_steps:
+        raise ValueError("gammas_t is for continuous time (num_steps = 0) only")
     if num_steps == 0:
-        gamma, dgamma = gamma_and_derivative(gamma_fn, t)
+        gamma, dgamma = gamma_and_derivative(gamma_fn, t) if gammas_t is None else gammas_t
         return 0.5 * dgamma * _eps_error(x, eps, gamma, eps_hat_fn)
     T = num_steps
     t = jnp.maximum(jnp.ceil(t * T), 1.0) / T
@@ -143,13 +148,14 @@ def bits_per_dim(nats, num_dims: int):
     return nats / (num_dims * math.log(2.0))
 
 
-def elbo_terms(x_int, key, eps_hat_fn, gamma_fn, vocab_size: int, num_steps: int = 0, t=None):
+def elbo_terms(x_int, key, eps_hat_fn, gamma_fn, vocab_size: int, num_steps: int = 0, t=None, gammas_t=None):
     """All three ELBO terms and the total, per example, in nats and bits/dim.
 
     Args:
       x_int: integer data [B, ...] in {0..V-1}. key: PRNG key (noise for z_0, z_t, and t).
       eps_hat_fn, gamma_fn: see module docstring. num_steps: T, or 0 for continuous time.
       t: optional times [B]; by default low-discrepancy draws.
+      gammas_t: optional (gamma(t), gamma'(t)) [B] each, see `diffusion_loss`.
     Returns:
       dict of [B] arrays: 'prior', 'reconstruction', 'diffusion', 'total' (nats) and
       'bpd', 'bpd_prior', 'bpd_reconstruction', 'bpd_diffusion' (bits per dimension).
@@ -166,10 +172,62 @@ def elbo_terms(x_int, key, eps_hat_fn, gamma_fn, vocab_size: int, num_steps: int
     terms = {
         "prior": prior_kl(x, gamma_1),
         "reconstruction": reconstruction_loss(x_int, z_0, gamma_0, vocab_size),
-        "diffusion": diffusion_loss(x, jax.random.normal(key_eps, x.shape), t, eps_hat_fn, gamma_fn, num_steps),
+        "diffusion": diffusion_loss(
+            x, jax.random.normal(key_eps, x.shape), t, eps_hat_fn, gamma_fn, num_steps, gammas_t=gammas_t
+        ),
     }
     terms["total"] = terms["prior"] + terms["reconstruction"] + terms["diffusion"]
     for name in ("prior", "reconstruction", "diffusion"):
         terms["bpd_" + name] = bits_per_dim(terms[name], num_dims)
     terms["bpd"] = bits_per_dim(terms["total"], num_dims)
     return terms
+
+
+def variance_minimizing_value_and_grad(per_example_fn, schedule_fn, params, t):
+    """ELBO gradients for everything but the schedule's interior, which gets d/d eta mean(L_i^2).
+
+    The paper's variance-minimising schedule (appendix): with the endpoints
+    gamma_0, gamma_1 fixed, E[L_inf] does not depend on the interior shape eta of
+    the schedule, so grad_eta E[L^2] = grad_eta Var[L]. L_i depends on eta only
+    through (gamma(t_i), gamma'(t_i)); one backward pass through the network gives
+    their cotangents c_i, c'_i for the mean loss, and
+
+        d/d eta mean_i L_i^2 = sum_i 2 L_i (c_i d gamma(t_i)/d eta + c'_i d gamma'(t_i)/d eta),
+
+    i.e. the same cotangents scaled by 2 L_i, pulled back through the schedule
+    alone (cheap). The network and the endpoints take the unscaled cotangents:
+    the plain gradient of the mean loss.
+
+    Args:
+      per_example_fn(params, gammas_t) -> (loss [B], diffusion [B], aux): the
+        per-example objective and its diffusion term, in the same units (nats or
+        bits/dim), with gammas_t = (gamma(t), gamma'(t)) [B] each. It may read
+        params["schedule"] for gamma(0) and gamma(1) only.
+      schedule_fn(schedule_params, t [B]) -> gamma [B], strictly increasing.
+      params: {"net": ..., "schedule": {"endpoints": ..., "interior": ...}}.
+      t: times [B].
+    Returns:
+      ((mean loss, aux), grads) with grads shaped like params, and
+      grads["schedule"]["interior"] = d/d eta mean(diffusion_i^2) in squared units.
+    """
+    t = jnp.asarray(t, jnp.float32)
+
+    def gammas(schedule_params):
+        return gamma_and_derivative(lambda u: schedule_fn(schedule_params, u), t)
+
+    gammas_t, gammas_vjp = jax.vjp(gammas, params["schedule"])
+
+    def loss_and_diffusion(p, g):
+        loss, diff, aux = per_example_fn(p, g)
+        return (loss, diff), aux
+
+    (loss, diff), loss_vjp, aux = jax.vjp(loss_and_diffusion, params, gammas_t, has_aux=True)
+    seed = jnp.full_like(loss, 1.0 / loss.shape[0])
+    grads, (c_gamma, c_dgamma) = loss_vjp((seed, jnp.zeros_like(diff)))
+    (elbo_schedule,) = gammas_vjp((c_gamma, c_dgamma))
+    (variance_schedule,) = gammas_vjp((2.0 * diff * c_gamma, 2.0 * diff * c_dgamma))
+    schedule_grads = {
+        "endpoints": jax.tree.map(jnp.add, grads["schedule"]["endpoints"], elbo_schedule["endpoints"]),
+        "interior": variance_schedule["interior"],
+    }
+    return (jnp.mean(loss), aux), {**grads, "schedule": schedule_grads}

@@ -30,6 +30,7 @@ class VDM:
     prediction: str = "eps"
     num_steps: int = 0
     objective: str = "elbo"
+    interior_objective: str = "elbo"
     class_conditional: bool = False
     label_dropout: float = 0.0
 
@@ -62,6 +63,7 @@ class VDM:
             prediction=m.prediction,
             num_steps=config.loss.num_steps,
             objective=config.loss.objective,
+            interior_objective=s.interior_objective,
             class_conditional=m.class_conditional,
             label_dropout=m.label_dropout,
         )
@@ -102,15 +104,39 @@ class VDM:
             labels = jnp.where(drop, self.num_classes, labels)
         return labels
 
-    def elbo_terms(self, params, batch, key, train=False, t=None):
+    def elbo_terms(self, params, batch, key, train=False, t=None, gammas_t=None):
         """Per-example ELBO terms (nats and bits/dim), see `vdm.losses.elbo_terms`."""
         k_elbo, k_drop, k_label = jax.random.split(key, 3)
         eps_hat_fn = self.eps_hat_fn(
             params, self._labels(batch, k_label, train), batch.get("cond"), k_drop if train else None
         )
         return losses.elbo_terms(
-            batch["images"], k_elbo, eps_hat_fn, self.gamma_fn(params), self.vocab_size, self.num_steps, t=t
+            batch["images"], k_elbo, eps_hat_fn, self.gamma_fn(params), self.vocab_size, self.num_steps, t=t,
+            gammas_t=gammas_t,
         )
+
+    def training_times(self, key, batch_size: int):
+        """The t [B] that `elbo_terms(..., train=True)` draws for this key."""
+        k_elbo = jax.random.split(key, 3)[0]
+        return losses.low_discrepancy_times(jax.random.split(k_elbo, 3)[0], batch_size)
+
+    def loss_and_grads(self, params, batch, key):
+        """((scalar loss, per-example terms), grads) of `training_loss`.
+
+        With interior_objective = 'variance' (monotone_net, continuous-time ELBO),
+        the schedule's interior parameters get d/d eta mean(bpd_diffusion_i^2)
+        instead (`vdm.losses.variance_minimizing_value_and_grad`); everything
+        else gets the ELBO gradient as usual.
+        """
+        if self.interior_objective == "elbo":
+            return jax.value_and_grad(self.training_loss, has_aux=True)(params, batch, key)
+        t = self.training_times(key, batch["images"].shape[0])
+
+        def per_example(p, gammas_t):
+            terms = self.elbo_terms(p, batch, key, train=True, t=t, gammas_t=gammas_t)
+            return terms["bpd"], terms["bpd_diffusion"], terms
+
+        return losses.variance_minimizing_value_and_grad(per_example, self.schedule, params, t)
 
     def training_loss(self, params, batch, key):
         """(scalar loss, per-example terms). ELBO objective: mean bits/dim; 'simple': mean L_simple."""

@@ -44,6 +44,7 @@ def _scalar_metrics(loss, terms, grads, lr):
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "learning_rate": lr}
     for name in TERM_NAMES:
         metrics[name] = jnp.mean(terms[name])
+    metrics["bpd_variance"] = jnp.var(terms["bpd"])  # per-example variance of the ELBO estimate in the batch
     return metrics
 
 
@@ -64,7 +65,7 @@ def make_train_step(model: VDM, tx, lr_schedule, ema_decay: float, mesh=None):
 
     def one_step(state: TrainState, batch, base_key):
         key = jax.random.fold_in(base_key, state.step)
-        (loss, terms), grads = jax.value_and_grad(model.training_loss, has_aux=True)(state.params, batch, key)
+        (loss, terms), grads = model.loss_and_grads(state.params, batch, key)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         if isinstance(tx, optax.MultiSteps):
