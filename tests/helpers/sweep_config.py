@@ -1,0 +1,17 @@
+"""A 4-point sweep of configs/tiny.py made as short as possible: for tests/test_sweeps.py."""
+
+from configs import tiny
+
+
+def get_config(arg=None):
+    c = tiny.get_config()
+    c.training.num_steps = 2
+    c.training.log_every = 2
+    c.training.eval_every = 2
+    c.eval.num_samples = 4
+    c.eval.sampler_steps = 2
+    return c
+
+
+def get_sweep(arg=None):
+    return [{"training.seed": seed, "eval.num_repeats": repeats} for seed in (0, 1) for repeats in (1, 2)]
