@@ -34,6 +34,7 @@ def get_config(arg=None):
     c.model.prediction = "eps"  # eps | x | v
     c.model.input_skip = True  # eps_hat = z + net(z) (the official "base measure")
     c.model.scan_blocks = True
+    c.model.loop_friendly_conv = False  # True: same values; a conv gradient XLA:CPU runs fast inside nn.scan (vdm.nets.conv)
 
     c.schedule = ml_collections.ConfigDict()
     c.schedule.name = "learned_linear"  # fixed_linear | learned_linear | monotone_net | beta_linear | alpha_cosine

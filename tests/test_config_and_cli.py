@@ -10,12 +10,24 @@ import pytest
 from vdm.config_validation import ConfigError, apply_overrides, load_config_file, validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ALL_CONFIGS = ["base", "digits", "tiny", "cifar10", "imagenet32", "imagenet64"]
+ALL_CONFIGS = ["base", "digits", "tiny", "cifar10", "imagenet32", "imagenet64", "digits:long", "digits:conditional",
+               "repro:steps", "repro:schedule", "repro:fourier", "repro:prediction"]
 
 
 @pytest.mark.parametrize("name", ALL_CONFIGS)
 def test_every_shipped_config_is_valid(name):
-    validate(load_config_file(os.path.join(ROOT, "configs", f"{name}.py")))
+    file, _, variant = name.partition(":")
+    validate(load_config_file(os.path.join(ROOT, "configs", f"{file}.py"), variant or None))
+
+
+@pytest.mark.parametrize("variant", ["steps", "schedule", "fourier", "prediction"])
+def test_every_reproduction_sweep_is_valid(variant):
+    from vdm import sweeps
+
+    for config in (f"configs/repro.py:{variant}", "configs/cifar10.py"):  # small size and paper size
+        base = load_config_file(os.path.join(ROOT, config.split(":")[0]), variant if "repro" in config else None)
+        for point in sweeps.load_sweep(os.path.join(ROOT, f"configs/repro.py:{variant}")):
+            apply_overrides(base.copy_and_resolve_references(), point)
 
 
 @pytest.mark.parametrize(

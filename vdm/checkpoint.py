@@ -116,7 +116,15 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     if not os.path.exists(path):
         raise CheckpointError(f"{path} not found: is {workdir} a vdm workdir?")
     with open(path) as f:
-        config = ml_collections.ConfigDict(json.load(f)["config"])
+        saved = json.load(f)["config"]
+    from vdm.config_validation import base_config
+
+    config = base_config()  # keys added to configs/base.py after the run started take their defaults
+    for section, values in saved.items():
+        if section in config and isinstance(values, dict):
+            config[section].update(values)
+        else:
+            config[section] = values
     config.data.image_shape = tuple(config.data.image_shape)
     return config
 

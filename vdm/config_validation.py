@@ -48,6 +48,11 @@ def _flatten(cfg, prefix=""):
     return out
 
 
+def base_config():
+    """configs/base.py's config: every key with its default."""
+    return _base_config()
+
+
 def _base_config():
     from_path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "base.py")
     return load_config_file(from_path)

@@ -52,6 +52,7 @@ class VDM:
             num_classes=num_classes,
             scan_blocks=m.scan_blocks,
             input_skip=m.input_skip and m.prediction == "eps",
+            loop_friendly_conv=m.loop_friendly_conv,
         )
         kwargs = {"width": s.width} if s.name == "monotone_net" else {}
         return cls(

@@ -21,7 +21,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vdm.nets.layers import AttnBlock, Base2FourierFeatures, ResnetBlock, group_norm, timestep_embedding
+from vdm.nets.layers import AttnBlock, Base2FourierFeatures, ResnetBlock, conv3x3, group_norm, timestep_embedding
 
 
 class _DownLayer(nn.Module):
@@ -29,10 +29,11 @@ class _DownLayer(nn.Module):
     dropout: float
     attention: bool
     deterministic: bool
+    loop_friendly_conv: bool = False
 
     @nn.compact
     def __call__(self, h, cond):
-        h = ResnetBlock(self.channels, self.dropout, self.deterministic, name="block")(h, cond)
+        h = ResnetBlock(self.channels, self.dropout, self.deterministic, self.loop_friendly_conv, name="block")(h, cond)
         if self.attention:
             h = AttnBlock(name="attn")(h)
         return h, h
@@ -43,10 +44,11 @@ class _UpLayer(nn.Module):
     dropout: float
     attention: bool
     deterministic: bool
+    loop_friendly_conv: bool = False
 
     @nn.compact
     def __call__(self, h, skip, cond):
-        h = ResnetBlock(self.channels, self.dropout, self.deterministic, name="block")(
+        h = ResnetBlock(self.channels, self.dropout, self.deterministic, self.loop_friendly_conv, name="block")(
             jnp.concatenate([h, skip], axis=-1), cond
         )
         if self.attention:
@@ -87,7 +89,9 @@ class ScoreUNet(nn.Module):
       gamma_min, gamma_max: the range used to normalise gamma_t for the time embedding.
       dropout, attention_per_block, fourier (start, stop, step, scale) or None, cond_dim,
       num_classes (0: unconditional), scan_blocks, input_skip (add z to the output,
-      the official "base measure": eps_hat = z at initialisation).
+      the official "base measure": eps_hat = z at initialisation), loop_friendly_conv
+      (3x3 convolutions with a gradient that stays fast inside nn.scan on XLA:CPU;
+      same parameters and values, see vdm.nets.conv).
 
     Call: (z [B,H,W,C], gamma [B], cond [B, cond_dim] | None, labels [B] int | None,
            deterministic) -> [B, H, W, out_channels].
@@ -105,6 +109,7 @@ class ScoreUNet(nn.Module):
     num_classes: int = 0
     scan_blocks: bool = True
     input_skip: bool = True
+    loop_friendly_conv: bool = False
 
     @nn.compact
     def __call__(self, z, gamma, cond=None, labels=None, deterministic=True):
@@ -125,22 +130,24 @@ class ScoreUNet(nn.Module):
         h = z
         if self.fourier is not None:
             h = jnp.concatenate([z, Base2FourierFeatures(*self.fourier, name="fourier")(z)], axis=-1)
-        h = nn.Conv(self.channels, (3, 3), name="conv_in")(h)
+        lf = self.loop_friendly_conv
+        h = conv3x3(self.channels, lf, name="conv_in")(h)
 
         layer_kwargs = dict(
             channels=self.channels,
             dropout=self.dropout,
             attention=self.attention_per_block,
             deterministic=deterministic,
+            loop_friendly_conv=lf,
         )
         h0 = h
         h, skips = _stack(_DownLayer, self.num_blocks, self.scan_blocks, (nn.broadcast,), "down", **layer_kwargs)(
             h, emb
         )
 
-        h = ResnetBlock(self.channels, self.dropout, deterministic, name="mid_block_1")(h, emb)
+        h = ResnetBlock(self.channels, self.dropout, deterministic, lf, name="mid_block_1")(h, emb)
         h = AttnBlock(name="mid_attn")(h)
-        h = ResnetBlock(self.channels, self.dropout, deterministic, name="mid_block_2")(h, emb)
+        h = ResnetBlock(self.channels, self.dropout, deterministic, lf, name="mid_block_2")(h, emb)
 
         skips = jnp.concatenate([h0[None], skips], axis=0)[::-1]  # N + 1 skips, last first
         h, _ = _stack(_UpLayer, self.num_blocks + 1, self.scan_blocks, (0, nn.broadcast), "up", **layer_kwargs)(
@@ -148,7 +155,7 @@ class ScoreUNet(nn.Module):
         )
 
         h = nn.swish(group_norm(h.shape[-1])(h))
-        out = nn.Conv(self.out_channels, (3, 3), kernel_init=nn.initializers.zeros, name="conv_out")(h)
+        out = conv3x3(self.out_channels, lf, kernel_init=nn.initializers.zeros, name="conv_out")(h)
         if self.input_skip:
             out = out + z
         return out

@@ -1,0 +1,216 @@
+"""Speed of training, sampling and evaluation on whatever devices JAX sees; writes a table and JSON.
+
+Run:
+  PYTHONPATH=. python experiments/benchmark.py                       # all configurations, ~15 min on 2 cores
+  PYTHONPATH=. python experiments/benchmark.py --configs=digits --ablation
+  PYTHONPATH=. python experiments/benchmark.py --out=results/benchmark_gpu.json   # on an accelerator
+
+Configurations (the settings the official implementation's reference figures
+were measured with: Fourier features, dropout 0.1, continuous time, learned
+endpoints, AdamW + EMA inside the step; blocks counted as N down, N + 1 up, 2 middle):
+  cifar-small  32x32x3, 32 channels, 4 blocks, batch 16
+  digits       8x8x1 (V = 17), 64 channels, 8 blocks, batch 64
+  paper        32x32x3, 128 channels, 32 blocks, batch 8
+For each: compile time (persistent cache off), train-step throughput (median
+of >= 10 steps after warm-up), XLA's FLOP count per step and the achieved
+GFLOP/s against a float32 matmul and a 3x3 convolution measured in the same
+process, peak memory (XLA's buffer sizes), ancestral sampler time per step,
+eval throughput. --ablation times each optimization switch on and off
+(median of 3 repeats).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from vdm import sampling  # noqa: E402
+from vdm.config_validation import apply_overrides, load_config_file  # noqa: E402
+from vdm.model import VDM  # noqa: E402
+from vdm.optim import make_optimizer  # noqa: E402
+from vdm.train import create_train_state, make_eval_step, make_train_step  # noqa: E402
+
+COMMON = {"model.fourier_features": True, "model.dropout": 0.1, "loss.num_steps": 0,
+          "schedule.name": "learned_linear", "loss.objective": "elbo", "model.attention_per_block": False}
+CONFIGS = {
+    "cifar-small": {"data.image_shape": (32, 32, 3), "data.vocab_size": 256, "model.channels": 32,
+                    "model.num_blocks": 4, "training.batch_size": 16},
+    "digits": {"data.image_shape": (8, 8, 1), "data.vocab_size": 17, "model.channels": 64, "model.num_blocks": 8,
+               "training.batch_size": 64},
+    "paper": {"data.image_shape": (32, 32, 3), "data.vocab_size": 256, "model.channels": 128,
+              "model.num_blocks": 32, "training.batch_size": 8},
+}
+# The official implementation on this machine kind (2 CPU cores, float32), DESIGN.md section 2.
+REFERENCE = {"cifar-small": {"images_per_second": 20.0, "sampler_ms_per_step": 217.0},
+             "digits": {"images_per_second": 85.0}, "paper": {"images_per_second": 0.70, "compile_seconds": 30.0}}
+# Optimization switches: (config overrides when on, when off).
+SWITCHES = {
+    "loop_friendly_conv": ({"model.loop_friendly_conv": True}, {"model.loop_friendly_conv": False}),
+    "scan_blocks": ({"model.scan_blocks": True}, {"model.scan_blocks": False}),
+}
+
+
+def bench_config(name: str, overrides: dict | None = None):
+    config = load_config_file(os.path.join(ROOT, "configs", "base.py"))
+    return apply_overrides(config, {**COMMON, **CONFIGS[name], **(overrides or {})})
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def peaks() -> dict:
+    """float32 GFLOP/s of a 2048^3 matmul and of a 3x3 128->128 conv at 32x32, batch 8."""
+    a = jnp.ones((2048, 2048), jnp.float32)
+    mm = jax.jit(lambda a: a @ a)
+    mm(a).block_until_ready()
+    mm_s = _median_seconds(lambda: mm(a), 5)
+    x, w = jnp.ones((8, 32, 32, 128)), jnp.ones((3, 3, 128, 128))
+    conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                                             dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    conv(x, w).block_until_ready()
+    conv_s = _median_seconds(lambda: conv(x, w), 5)
+    return {"matmul_gflops": 2 * 2048**3 / mm_s / 1e9, "conv3x3_gflops": 2 * 8 * 32 * 32 * 9 * 128 * 128 / conv_s / 1e9}
+
+
+def _cost(compiled) -> tuple[float, float]:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    mem = compiled.memory_analysis()
+    peak = float("nan")
+    if mem is not None:
+        peak = (mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
+                - getattr(mem, "alias_size_in_bytes", 0))
+    return float(cost.get("flops", float("nan"))), peak
+
+
+def measure_train(config, steps: int) -> dict:
+    model = VDM.from_config(config)
+    tx, lr = make_optimizer(config.optim, config.training.num_steps)
+    state = create_train_state(model, tx, jax.random.key(0))
+    step = make_train_step(model, tx, lr, config.optim.ema_decay)
+    k = config.training.steps_per_call
+    b, shape, v = config.training.batch_size, tuple(config.data.image_shape), config.data.vocab_size
+    rng = np.random.default_rng(0)
+    batch = {"images": jnp.asarray(rng.integers(0, v, (k, b, *shape)), jnp.int32),
+             "labels": jnp.zeros((k, b), jnp.int32)}
+    t0 = time.perf_counter()
+    compiled = step.lower(state, batch, jax.random.key(1)).compile()
+    compile_s = time.perf_counter() - t0
+    flops, peak = _cost(compiled)
+    for _ in range(2):  # warm-up
+        state, m = compiled(state, batch, jax.random.key(1))
+    jax.block_until_ready(m)
+    times = []
+    for i in range(max(1, -(-steps // k))):
+        t0 = time.perf_counter()
+        state, m = compiled(state, batch, jax.random.key(2 + i))
+        jax.block_until_ready(m)
+        times.append((time.perf_counter() - t0) / k)
+    step_s = float(np.median(times))
+    return {"compile_seconds": compile_s, "step_seconds": step_s, "images_per_second": b / step_s,
+            "flops_per_step": flops / k, "gflops_per_second": flops / k / step_s / 1e9, "peak_bytes": peak,
+            "model": model, "params": state.ema_params}
+
+
+def measure_sampler(model, params, batch: int, steps: int = 20) -> float:
+    """Milliseconds per ancestral step (a T-step scan, compiled once, timed once more)."""
+    eps_hat_fn = model.eps_hat_fn(params)
+    fn = jax.jit(lambda key: sampling.ancestral_sample(key, eps_hat_fn, model.gamma_fn(params),
+                                                       (batch, *model.image_shape), steps))
+    fn(jax.random.key(0)).block_until_ready()
+    return 1000 * _median_seconds(lambda: fn(jax.random.key(1)), 3) / steps
+
+
+def measure_eval(model, params, batch: int, vocab: int) -> float:
+    step = make_eval_step(model)
+    images = jnp.asarray(np.random.default_rng(0).integers(0, vocab, (batch, *model.image_shape)), jnp.int32)
+    b = {"images": images, "labels": jnp.zeros((batch,), jnp.int32)}
+    jax.block_until_ready(step(params, b, jax.random.key(0)))
+    return batch / _median_seconds(lambda: step(params, b, jax.random.key(1)), 5)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default="cifar-small,digits,paper")
+    parser.add_argument("--steps", type=int, default=10, help="timed train steps (median)")
+    parser.add_argument("--ablation", action="store_true", help="time every switch on and off, 3 repeats each")
+    parser.add_argument("--set", action="append", default=[], help="extra override KEY=VALUE for every config")
+    parser.add_argument("--out", default=os.path.join(ROOT, "results", "benchmark.json"))
+    args = parser.parse_args()
+    jax.config.update("jax_enable_compilation_cache", False)  # compile times are cold compiles
+    extra = dict(s.split("=", 1) for s in args.set)
+    device = f"{jax.device_count()} x {jax.devices()[0].device_kind} ({platform.processor() or platform.machine()})"
+    print(f"devices: {device}", flush=True)
+    p = peaks()
+    print(f"peaks: matmul {p['matmul_gflops']:.0f} GFLOP/s, 3x3 conv {p['conv3x3_gflops']:.0f} GFLOP/s", flush=True)
+    results = {"device": device, "peaks": p, "configs": {}, "ablation": {}}
+    for name in args.configs.split(","):
+        config = bench_config(name, extra)
+        r = measure_train(config, args.steps)
+        model, params = r.pop("model"), r.pop("params")
+        r["sampler_ms_per_step"] = measure_sampler(model, params, config.training.batch_size)
+        r["eval_images_per_second"] = measure_eval(model, params, config.training.batch_size, config.data.vocab_size)
+        r["matmul_peak_fraction"] = r["gflops_per_second"] / p["matmul_gflops"]
+        r["conv_peak_fraction"] = r["gflops_per_second"] / p["conv3x3_gflops"]
+        r["reference"] = REFERENCE.get(name, {})
+        results["configs"][name] = r
+        print(f"{name}: {json.dumps({k: v for k, v in r.items() if k != 'reference'})}", flush=True)
+        if args.ablation:
+            results["ablation"][name] = {}
+            for switch, (on, off) in SWITCHES.items():
+                row = {}
+                for label, overrides in (("on", on), ("off", off)):
+                    runs = [measure_train(bench_config(name, {**extra, **overrides}), args.steps) for _ in range(3)]
+                    row[label] = {"images_per_second": float(np.median([x["images_per_second"] for x in runs])),
+                                  "compile_seconds": float(np.median([x["compile_seconds"] for x in runs]))}
+                results["ablation"][name][switch] = row
+                print(f"  {switch}: {row}", flush=True)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=2, sort_keys=True)
+    print(table(results))
+    with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
+        f.write(table(results))
+
+
+def table(results) -> str:
+    lines = [f"Device: {results['device']}; float32 peaks: matmul {results['peaks']['matmul_gflops']:.0f} GFLOP/s, "
+             f"3x3 conv {results['peaks']['conv3x3_gflops']:.0f} GFLOP/s", "",
+             "| config | img/s (official) | compile s | GFLOP/s | of conv peak | peak MB | sampler ms/step (official) "
+             "| eval img/s |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in results["configs"].items():
+        ref = r["reference"]
+        ref_ips = f" ({ref['images_per_second']})" if "images_per_second" in ref else ""
+        ref_s = f" ({ref['sampler_ms_per_step']:.0f})" if "sampler_ms_per_step" in ref else ""
+        lines.append(f"| {name} | {r['images_per_second']:.2f}{ref_ips} | {r['compile_seconds']:.1f} | "
+                     f"{r['gflops_per_second']:.0f} | {r['conv_peak_fraction']:.0%} | {r['peak_bytes'] / 2**20:.0f} | "
+                     f"{r['sampler_ms_per_step']:.1f}{ref_s} | {r['eval_images_per_second']:.0f} |")
+    if results["ablation"]:
+        lines += ["", "| config | switch | img/s on | img/s off | compile s on | compile s off |", "|---|---|---|---|---|---|"]
+        for name, switches in results["ablation"].items():
+            for switch, row in switches.items():
+                lines.append(f"| {name} | {switch} | {row['on']['images_per_second']:.2f} | "
+                             f"{row['off']['images_per_second']:.2f} | {row['on']['compile_seconds']:.1f} | "
+                             f"{row['off']['compile_seconds']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
