@@ -100,7 +100,8 @@ def _cost(compiled) -> tuple[float, float]:
     return float(cost.get("flops", float("nan"))), peak
 
 
-def measure_train(config, steps: int) -> dict:
+def _compiled_train_step(config):
+    """(compiled train step, state, batch, compile seconds) on random data of the config's shape."""
     model = VDM.from_config(config)
     tx, lr = make_optimizer(config.optim, config.training.num_steps)
     state = create_train_state(model, tx, jax.random.key(0))
@@ -112,8 +113,39 @@ def measure_train(config, steps: int) -> dict:
              "labels": jnp.zeros((k, b), jnp.int32)}
     t0 = time.perf_counter()
     compiled = step.lower(state, batch, jax.random.key(1)).compile()
-    compile_s = time.perf_counter() - t0
-    flops, peak = _cost(compiled)
+    return compiled, state, batch, time.perf_counter() - t0, model
+
+
+def measure_compile(config) -> float:
+    """Seconds to compile the config's train step."""
+    return _compiled_train_step(config)[3]
+
+
+def train_flops(config) -> float:
+    """FLOPs of one optimizer step by XLA's cost analysis.
+
+    XLA counts a while loop's body once, so for blocks under nn.scan this
+    compiles the unrolled network with 1 and 2 blocks (cheap) and extrapolates
+    linearly in the number of blocks (exact: every block is the same).
+    """
+    n = config.model.num_blocks
+    if not config.model.scan_blocks and config.training.steps_per_call == 1:
+        return _cost(_compiled_train_step(config)[0])[0]
+    flops = []
+    for blocks in (1, 2):
+        small = apply_overrides(config.copy_and_resolve_references(), {
+            "model.num_blocks": blocks, "model.scan_blocks": False, "training.steps_per_call": 1,
+            "training.log_every": 1, "training.eval_every": 1, "checkpoint.every_steps": 1, "training.num_steps": 1})
+        flops.append(_cost(_compiled_train_step(small)[0])[0])
+    return flops[0] + (n - 1) * (flops[1] - flops[0])
+
+
+def measure_train(config, steps: int, flops: float | None = None) -> dict:
+    """Compile time, median step time, throughput, FLOP rate and peak bytes of the config's train step."""
+    compiled, state, batch, compile_s, model = _compiled_train_step(config)
+    k, b = config.training.steps_per_call, config.training.batch_size
+    peak = _cost(compiled)[1]
+    flops = train_flops(config) if flops is None else flops
     for _ in range(2):  # warm-up
         state, m = compiled(state, batch, jax.random.key(1))
     jax.block_until_ready(m)
@@ -125,7 +157,7 @@ def measure_train(config, steps: int) -> dict:
         times.append((time.perf_counter() - t0) / k)
     step_s = float(np.median(times))
     return {"compile_seconds": compile_s, "step_seconds": step_s, "images_per_second": b / step_s,
-            "flops_per_step": flops / k, "gflops_per_second": flops / k / step_s / 1e9, "peak_bytes": peak,
+            "flops_per_step": flops, "gflops_per_second": flops / step_s / 1e9, "peak_bytes": peak,
             "model": model, "params": state.ema_params}
 
 
@@ -177,7 +209,8 @@ def main():
             for switch, (on, off) in SWITCHES.items():
                 row = {}
                 for label, overrides in (("on", on), ("off", off)):
-                    runs = [measure_train(bench_config(name, {**extra, **overrides}), args.steps) for _ in range(3)]
+                    runs = [measure_train(bench_config(name, {**extra, **overrides}), args.steps, r["flops_per_step"])
+                            for _ in range(3)]
                     row[label] = {"images_per_second": float(np.median([x["images_per_second"] for x in runs])),
                                   "compile_seconds": float(np.median([x["compile_seconds"] for x in runs]))}
                 results["ablation"][name][switch] = row

@@ -117,14 +117,15 @@ EVAL_NOTE = ("Test bits/dim of the EMA parameters, {repeats} Monte-Carlo passes 
              "evaluation noise for every run.")
 
 
-def difference_table(rows, key, values, stats) -> list[str]:
+def difference_table(rows, key, values, stats, label=str) -> list[str]:
     """Markdown rows: each pair's difference, unpaired (intervals mean ± s.e. overlap?) and paired by seed."""
     lines = ["", "| comparison | difference | unpaired verdict (intervals mean ± s.e.) | paired by seed, mean ± s.e. "
              "| paired verdict (> 2 s.e.) |", "|---|---|---|---|---|"]
     for i, a in enumerate(values):
         for b in values[i + 1:]:
             m, s = paired(rows, key, a, b)
-            lines.append(f"| {b} − {a} | {stats[b][0] - stats[a][0]:+.4f} | {resolved(stats[a][:2], stats[b][:2])} "
+            lines.append(f"| {label(b)} − {label(a)} | {stats[b][0] - stats[a][0]:+.4f} | "
+                         f"{resolved(stats[a][:2], stats[b][:2])} "
                          f"| {m:+.4f} ± {s:.4f} | {paired_verdict(m, s)} |")
     return lines
 

@@ -18,5 +18,7 @@ if __name__ == "__main__":
         "PYTHONPATH=. python experiments/reproduce_prediction.py", config_arg, points, root, "model.prediction",
         "Digits, 16 channels × 2 blocks, continuous-time ELBO with learned endpoints; the prediction is converted "
         "to ε̂ exactly, so only the network's output parameterization differs (ε keeps the input skip).",
-        "The paper trains ε-prediction only; it argues the parameterizations are equivalent in what they can "
-        "represent, so differences here come from optimisation and conditioning at extreme SNR.")
+        "The paper trains ε-prediction. All three represent the same denoisers; they differ in how network errors "
+        "reach ε̂: x-prediction gives ε̂ = (z − α x̂)/σ, multiplying errors by α/σ = exp(−γ/2) — about 48 at "
+        "γ_0 ≈ −7.7, a time the log-SNR-linear ELBO weights as much as any other — and v-prediction gives ε̂ = σ z + α v̂, "
+        "errors times α ≤ 1.")

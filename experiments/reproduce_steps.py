@@ -66,7 +66,7 @@ def main():
     for T in order:
         m, s, per_seed, _ = stats[T]
         lines.append(f"| {label(T)} | {rc.fmt(m, s)} | {', '.join(f'{b:.4f}' for b in per_seed)} |")
-    lines += rc.difference_table(rows, "loss.num_steps", order, stats)
+    lines += rc.difference_table(rows, "loss.num_steps", order, stats, label=lambda T: f"T={label(T)}")
 
     continuous = [p for p in points if p["loss.num_steps"] == 0][0]
     workdir = f"{root}/{sweeps.point_name(continuous)}"

@@ -136,3 +136,24 @@ def test_gradient_accumulation_updates_once_per_k_micro_batches(tiny):
         np.testing.assert_array_equal(a, b)  # first micro-step: no update yet
     state, _ = step(state, train_batches(16, 1, 1), jax.random.key(1))
     assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(p0)))
+
+
+def test_schedule_lr_scale_multiplies_only_the_interior_updates():
+    from vdm.config_validation import apply_overrides
+
+    config = apply_overrides(load_config_file("configs/tiny.py"), {
+        "schedule.name": "monotone_net", "schedule.width": 8, "optim.warmup_steps": 0, "optim.grad_clip": 0.0})
+    params = VDM.from_config(config).init(jax.random.key(0))
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 0.3), params)
+
+    def first_update(scale):
+        cfg = config.optim.copy_and_resolve_references()
+        cfg.schedule_lr_scale = scale
+        tx, _ = optim.make_optimizer(cfg, 10)
+        return tx.update(grads, tx.init(params), params)[0]
+
+    plain, scaled = first_update(1.0), first_update(10.0)
+    mask = optim.schedule_interior_mask(params)
+    assert sum(jax.tree.leaves(mask)) == len(jax.tree.leaves(params["schedule"]["interior"])) > 0
+    for a, b, m in zip(jax.tree.leaves(plain), jax.tree.leaves(scaled), jax.tree.leaves(mask)):
+        np.testing.assert_allclose(b, a * (10.0 if m else 1.0), rtol=1e-6)

@@ -28,7 +28,7 @@ _POSITIVE = (
     "data.vocab_size", "model.channels", "model.num_blocks", "training.num_steps", "training.batch_size",
     "training.steps_per_call", "training.log_every", "training.eval_every", "optim.learning_rate",
     "optim.accumulate_steps", "eval.batch_size", "eval.num_repeats", "eval.sampler_steps", "schedule.width",
-    "model.fourier_step", "model.fourier_scale", "checkpoint.every_steps", "checkpoint.max_to_keep",
+    "model.fourier_step", "model.fourier_scale", "optim.schedule_lr_scale", "checkpoint.every_steps", "checkpoint.max_to_keep",
 )
 _NON_NEGATIVE = (
     "loss.num_steps", "optim.warmup_steps", "optim.weight_decay", "optim.grad_clip", "training.max_seconds",

@@ -2,7 +2,8 @@
 
 AdamW with weight decay on kernels and embeddings only (no decay on biases,
 norm scales or schedule parameters), linear warm-up then constant or cosine
-learning rate, global-norm clipping, optional gradient accumulation.
+learning rate, global-norm clipping, optional gradient accumulation, and an
+optional learning-rate multiplier for a learned schedule's interior shape.
 """
 
 from __future__ import annotations
@@ -21,6 +22,16 @@ def weight_decay_mask(params):
         last = path[-1]
         name = getattr(last, "key", getattr(last, "name", None))
         return name in DECAYED_LEAF_NAMES
+
+    return jax.tree_util.tree_map_with_path(decide, params)
+
+
+def schedule_interior_mask(params):
+    """True for the leaves of params['schedule']['interior'] (a learned schedule's shape)."""
+
+    def decide(path, _):
+        names = [getattr(p, "key", getattr(p, "name", None)) for p in path]
+        return names[:2] == ["schedule", "interior"]
 
     return jax.tree_util.tree_map_with_path(decide, params)
 
@@ -55,6 +66,8 @@ def make_optimizer(optim_config, num_steps: int):
             mask=weight_decay_mask,
         )
     )
+    if optim_config.schedule_lr_scale != 1.0:
+        parts.append(optax.masked(optax.scale(optim_config.schedule_lr_scale), schedule_interior_mask))
     tx = optax.chain(*parts)
     if optim_config.accumulate_steps > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=optim_config.accumulate_steps)
