@@ -34,6 +34,7 @@ def get_config(arg=None):
     c.model.prediction = "eps"  # eps | x | v
     c.model.input_skip = True  # eps_hat = z + net(z) (the official "base measure")
     c.model.scan_blocks = True
+    c.model.fast_attention = True  # softmax normalised after the value product: same function, fewer passes
     c.model.loop_friendly_conv = False  # True: same values; a conv gradient XLA:CPU runs fast inside nn.scan (vdm.nets.conv)
 
     c.schedule = ml_collections.ConfigDict()
@@ -48,6 +49,7 @@ def get_config(arg=None):
     c.loss = ml_collections.ConfigDict()
     c.loss.num_steps = 0  # T: 0 = continuous time
     c.loss.objective = "elbo"  # elbo | simple (DDPM's unweighted L_simple)
+    c.loss.decoder_window = 3  # decoder normaliser over 7 bins around z_0 (exact in float32; full V when not); 0 = all V
 
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 2e-4
@@ -68,6 +70,7 @@ def get_config(arg=None):
     c.training.seed = 0
     c.training.max_seconds = 0.0  # wall-clock cap on training; 0 = none
     c.training.steps_per_call = 1  # optimizer steps per compiled call (lax.scan)
+    c.training.donate_state = True  # donate the train state's buffers to the step (updated in place)
     c.training.log_every = 100
     c.training.eval_every = 10_000
     c.training.on_nonfinite = "stop"  # stop | skip: a NaN/inf loss or gradient rejects the update, then this

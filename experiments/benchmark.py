@@ -15,8 +15,9 @@ For each: compile time (persistent cache off), train-step throughput (median
 of >= 10 steps after warm-up), XLA's FLOP count per step and the achieved
 GFLOP/s against a float32 matmul and a 3x3 convolution measured in the same
 process, peak memory (XLA's buffer sizes), ancestral sampler time per step,
-eval throughput. --ablation times each optimization switch on and off
-(median of 3 repeats).
+eval throughput. --ablation times each optimization switch on and off, the
+others at their fast setting (median of 3 repeats of --steps steps; on
+cifar-small and digits, and on paper with --ablation_paper).
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ from vdm.train import create_train_state, make_eval_step, make_train_step  # noq
 
 COMMON = {"model.fourier_features": True, "model.dropout": 0.1, "loss.num_steps": 0,
           "schedule.name": "learned_linear", "loss.objective": "elbo", "model.attention_per_block": False}
+# Speed settings: the base config's defaults, plus the conv gradient that XLA:CPU runs fast inside nn.scan.
+FAST = {"model.scan_blocks": True, "model.loop_friendly_conv": jax.default_backend() == "cpu",
+        "model.fast_attention": True, "loss.decoder_window": 3, "training.donate_state": True}
 CONFIGS = {
     "cifar-small": {"data.image_shape": (32, 32, 3), "data.vocab_size": 256, "model.channels": 32,
                     "model.num_blocks": 4, "training.batch_size": 16},
@@ -56,14 +60,18 @@ REFERENCE = {"cifar-small": {"images_per_second": 20.0, "sampler_ms_per_step": 2
              "digits": {"images_per_second": 85.0}, "paper": {"images_per_second": 0.70, "compile_seconds": 30.0}}
 # Optimization switches: (config overrides when on, when off).
 SWITCHES = {
+    "fast_attention": ({"model.fast_attention": True}, {"model.fast_attention": False}),
+    "decoder_window": ({"loss.decoder_window": 3}, {"loss.decoder_window": 0}),
     "loop_friendly_conv": ({"model.loop_friendly_conv": True}, {"model.loop_friendly_conv": False}),
     "scan_blocks": ({"model.scan_blocks": True}, {"model.scan_blocks": False}),
+    "donate_state": ({"training.donate_state": True}, {"training.donate_state": False}),
+    "steps_per_call=4": ({"training.steps_per_call": 4}, {"training.steps_per_call": 1}),
 }
 
 
 def bench_config(name: str, overrides: dict | None = None):
     config = load_config_file(os.path.join(ROOT, "configs", "base.py"))
-    return apply_overrides(config, {**COMMON, **CONFIGS[name], **(overrides or {})})
+    return apply_overrides(config, {**COMMON, **FAST, **CONFIGS[name], **(overrides or {})})
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -105,7 +113,7 @@ def _compiled_train_step(config):
     model = VDM.from_config(config)
     tx, lr = make_optimizer(config.optim, config.training.num_steps)
     state = create_train_state(model, tx, jax.random.key(0))
-    step = make_train_step(model, tx, lr, config.optim.ema_decay)
+    step = make_train_step(model, tx, lr, config.optim.ema_decay, donate=config.training.donate_state)
     k = config.training.steps_per_call
     b, shape, v = config.training.batch_size, tuple(config.data.image_shape), config.data.vocab_size
     rng = np.random.default_rng(0)
@@ -140,8 +148,8 @@ def train_flops(config) -> float:
     return flops[0] + (n - 1) * (flops[1] - flops[0])
 
 
-def measure_train(config, steps: int, flops: float | None = None) -> dict:
-    """Compile time, median step time, throughput, FLOP rate and peak bytes of the config's train step."""
+def measure_train(config, steps: int, flops: float | None = None, repeats: int = 1) -> dict:
+    """Compile time, step time (median over `repeats` of the median of `steps` steps), throughput, FLOP rate, peak bytes."""
     compiled, state, batch, compile_s, model = _compiled_train_step(config)
     k, b = config.training.steps_per_call, config.training.batch_size
     peak = _cost(compiled)[1]
@@ -149,13 +157,16 @@ def measure_train(config, steps: int, flops: float | None = None) -> dict:
     for _ in range(2):  # warm-up
         state, m = compiled(state, batch, jax.random.key(1))
     jax.block_until_ready(m)
-    times = []
-    for i in range(max(1, -(-steps // k))):
-        t0 = time.perf_counter()
-        state, m = compiled(state, batch, jax.random.key(2 + i))
-        jax.block_until_ready(m)
-        times.append((time.perf_counter() - t0) / k)
-    step_s = float(np.median(times))
+    medians = []
+    for r in range(repeats):
+        times = []
+        for i in range(max(1, -(-steps // k))):
+            t0 = time.perf_counter()
+            state, m = compiled(state, batch, jax.random.key(2 + i))
+            jax.block_until_ready(m)
+            times.append((time.perf_counter() - t0) / k)
+        medians.append(float(np.median(times)))
+    step_s = float(np.median(medians))
     return {"compile_seconds": compile_s, "step_seconds": step_s, "images_per_second": b / step_s,
             "flops_per_step": flops, "gflops_per_second": flops / step_s / 1e9, "peak_bytes": peak,
             "model": model, "params": state.ema_params}
@@ -183,6 +194,7 @@ def main():
     parser.add_argument("--configs", default="cifar-small,digits,paper")
     parser.add_argument("--steps", type=int, default=10, help="timed train steps (median)")
     parser.add_argument("--ablation", action="store_true", help="time every switch on and off, 3 repeats each")
+    parser.add_argument("--ablation_paper", action="store_true", help="also at paper size (~1 hour on 2 cores)")
     parser.add_argument("--set", action="append", default=[], help="extra override KEY=VALUE for every config")
     parser.add_argument("--out", default=os.path.join(ROOT, "results", "benchmark.json"))
     args = parser.parse_args()
@@ -204,15 +216,15 @@ def main():
         r["reference"] = REFERENCE.get(name, {})
         results["configs"][name] = r
         print(f"{name}: {json.dumps({k: v for k, v in r.items() if k != 'reference'})}", flush=True)
-        if args.ablation:
+        if args.ablation and (name != "paper" or args.ablation_paper):
             results["ablation"][name] = {}
             for switch, (on, off) in SWITCHES.items():
+                if name == "paper" and switch == "scan_blocks":
+                    continue  # unrolled, the 65 blocks take over 5 minutes and 9 GB to compile here
                 row = {}
                 for label, overrides in (("on", on), ("off", off)):
-                    runs = [measure_train(bench_config(name, {**extra, **overrides}), args.steps, r["flops_per_step"])
-                            for _ in range(3)]
-                    row[label] = {"images_per_second": float(np.median([x["images_per_second"] for x in runs])),
-                                  "compile_seconds": float(np.median([x["compile_seconds"] for x in runs]))}
+                    x = measure_train(bench_config(name, {**extra, **overrides}), args.steps, r["flops_per_step"], 3)
+                    row[label] = {"images_per_second": x["images_per_second"], "compile_seconds": x["compile_seconds"]}
                 results["ablation"][name][switch] = row
                 print(f"  {switch}: {row}", flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -31,7 +31,7 @@ _POSITIVE = (
     "model.fourier_step", "model.fourier_scale", "optim.schedule_lr_scale", "checkpoint.every_steps", "checkpoint.max_to_keep",
 )
 _NON_NEGATIVE = (
-    "loss.num_steps", "optim.warmup_steps", "optim.weight_decay", "optim.grad_clip", "training.max_seconds",
+    "loss.num_steps", "loss.decoder_window", "optim.warmup_steps", "optim.weight_decay", "optim.grad_clip", "training.max_seconds",
     "model.cond_dim", "data.num_classes", "eval.num_samples", "checkpoint.every_minutes",
 )
 _FRACTIONS = ("model.dropout", "model.label_dropout", "optim.b1", "optim.b2", "optim.ema_decay")

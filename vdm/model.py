@@ -31,6 +31,7 @@ class VDM:
     num_steps: int = 0
     objective: str = "elbo"
     interior_objective: str = "elbo"
+    decoder_window: int = 0
     class_conditional: bool = False
     label_dropout: float = 0.0
 
@@ -53,6 +54,7 @@ class VDM:
             scan_blocks=m.scan_blocks,
             input_skip=m.input_skip and m.prediction == "eps",
             loop_friendly_conv=m.loop_friendly_conv,
+            fast_attention=m.fast_attention,
         )
         kwargs = {"width": s.width} if s.name == "monotone_net" else {}
         return cls(
@@ -65,6 +67,7 @@ class VDM:
             num_steps=config.loss.num_steps,
             objective=config.loss.objective,
             interior_objective=s.interior_objective,
+            decoder_window=config.loss.decoder_window,
             class_conditional=m.class_conditional,
             label_dropout=m.label_dropout,
         )
@@ -113,7 +116,7 @@ class VDM:
         )
         return losses.elbo_terms(
             batch["images"], k_elbo, eps_hat_fn, self.gamma_fn(params), self.vocab_size, self.num_steps, t=t,
-            gammas_t=gammas_t,
+            gammas_t=gammas_t, decoder_window=self.decoder_window,
         )
 
     def training_times(self, key, batch_size: int):

@@ -178,7 +178,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
               f"{num_parameters(state.params):,} parameters, {t.num_steps} steps of batch {t.batch_size} "
               f"on {run.mesh.devices.size} device(s) in {jax.process_count()} process(es)"
               + (f"; resumed from step {step}" if resumed is not None else ""), flush=True)
-    train_step = make_train_step(run.model, run.tx, run.lr_schedule, config.optim.ema_decay, run.mesh)
+    train_step = make_train_step(run.model, run.tx, run.lr_schedule, config.optim.ema_decay, run.mesh,
+                                 donate=config.training.donate_state)
     eval_step = make_eval_step(run.model, run.mesh)
 
     from tqdm.auto import tqdm

@@ -52,8 +52,8 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def make_train_step(model: VDM, tx, lr_schedule, ema_decay: float, mesh=None):
-    """Returns a jitted train_step(state, batches, base_key) with the state donated.
+def make_train_step(model: VDM, tx, lr_schedule, ema_decay: float, mesh=None, donate: bool = True):
+    """Returns a jitted train_step(state, batches, base_key), the state's buffers donated unless donate=False.
 
     batches: {'images': [K, B, H, W, C], 'labels': [K, B], optional 'cond': [K, B, D]}:
     K optimizer steps per call. Returns the new state and the metrics of each
@@ -90,10 +90,11 @@ def make_train_step(model: VDM, tx, lr_schedule, ema_decay: float, mesh=None):
             return state, jax.tree.map(lambda m: jnp.asarray(m)[None], metrics)
         return jax.lax.scan(lambda s, b: one_step(s, b, base_key), state, batches)
 
+    donated = (0,) if donate else ()
     if mesh is None:
-        return jax.jit(train_step, donate_argnums=(0,))
+        return jax.jit(train_step, donate_argnums=donated)
     repl = distributed.replicated(mesh)
-    return jax.jit(train_step, donate_argnums=(0,), in_shardings=(repl, distributed.batch_sharding(mesh, 1), repl),
+    return jax.jit(train_step, donate_argnums=donated, in_shardings=(repl, distributed.batch_sharding(mesh, 1), repl),
                    out_shardings=(repl, repl))
 
 

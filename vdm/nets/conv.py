@@ -6,7 +6,7 @@ computes the same forward convolution and a gradient built from ops that
 stay fast in loops:
 
     dL/dx = conv(g, flip(W)^T)                          a forward convolution
-    dL/dW[i, j] = sum_{b,h,w} x_pad[b, h+i, w+j, :]^T g[b, h, w, :]   one matmul over im2col patches
+    dL/dW[i, j] = sum_{b,h,w} x_pad[b, h+i, w+j, :]^T g[b, h, w, :]   one matmul per kernel tap
 
 for stride 1, no dilation, one feature group, NHWC / HWIO; anything else falls
 back to `lax.conv_general_dilated`. The forward value is identical; gradients
@@ -30,13 +30,6 @@ def _conv(x, w, padding):
     return lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=_DIMS)
 
 
-def _patches(x_pad, kh: int, kw: int, out_h: int, out_w: int):
-    """[B, out_h, out_w, kh * kw * C]: the (i, j)-shifted windows of x_pad, (i, j, c) fastest last."""
-    return jnp.concatenate(
-        [x_pad[:, i : i + out_h, j : j + out_w, :] for i in range(kh) for j in range(kw)], axis=-1
-    )
-
-
 def _make(padding):
     (pt, pb), (pl, pr) = padding
 
@@ -53,8 +46,12 @@ def _make(padding):
         w_t = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
         dx = _conv(g, w_t, ((kh - 1 - pt, kh - 1 - pb), (kw - 1 - pl, kw - 1 - pr)))
         x_pad = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-        p = _patches(x_pad, kh, kw, g.shape[1], g.shape[2]).reshape(-1, kh * kw * c_in)
-        dw = (p.T @ g.reshape(-1, c_out)).reshape(kh, kw, c_in, c_out)
+        g2 = g.reshape(-1, c_out)
+        out_h, out_w = g.shape[1], g.shape[2]
+        dw = jnp.stack([
+            jnp.stack([x_pad[:, i : i + out_h, j : j + out_w, :].reshape(-1, c_in).T @ g2 for j in range(kw)])
+            for i in range(kh)
+        ])
         return dx, dw
 
     conv.defvjp(fwd, bwd)

@@ -30,12 +30,13 @@ class _DownLayer(nn.Module):
     attention: bool
     deterministic: bool
     loop_friendly_conv: bool = False
+    fast_attention: bool = False
 
     @nn.compact
     def __call__(self, h, cond):
         h = ResnetBlock(self.channels, self.dropout, self.deterministic, self.loop_friendly_conv, name="block")(h, cond)
         if self.attention:
-            h = AttnBlock(name="attn")(h)
+            h = AttnBlock(self.fast_attention, name="attn")(h)
         return h, h
 
 
@@ -45,6 +46,7 @@ class _UpLayer(nn.Module):
     attention: bool
     deterministic: bool
     loop_friendly_conv: bool = False
+    fast_attention: bool = False
 
     @nn.compact
     def __call__(self, h, skip, cond):
@@ -52,7 +54,7 @@ class _UpLayer(nn.Module):
             jnp.concatenate([h, skip], axis=-1), cond
         )
         if self.attention:
-            h = AttnBlock(name="attn")(h)
+            h = AttnBlock(self.fast_attention, name="attn")(h)
         return h, None
 
 
@@ -91,7 +93,8 @@ class ScoreUNet(nn.Module):
       num_classes (0: unconditional), scan_blocks, input_skip (add z to the output,
       the official "base measure": eps_hat = z at initialisation), loop_friendly_conv
       (3x3 convolutions with a gradient that stays fast inside nn.scan on XLA:CPU;
-      same parameters and values, see vdm.nets.conv).
+      same parameters and values, see vdm.nets.conv), fast_attention (AttnBlock's
+      deferred_norm: the same function, fewer passes).
 
     Call: (z [B,H,W,C], gamma [B], cond [B, cond_dim] | None, labels [B] int | None,
            deterministic) -> [B, H, W, out_channels].
@@ -110,6 +113,7 @@ class ScoreUNet(nn.Module):
     scan_blocks: bool = True
     input_skip: bool = True
     loop_friendly_conv: bool = False
+    fast_attention: bool = False
 
     @nn.compact
     def __call__(self, z, gamma, cond=None, labels=None, deterministic=True):
@@ -139,6 +143,7 @@ class ScoreUNet(nn.Module):
             attention=self.attention_per_block,
             deterministic=deterministic,
             loop_friendly_conv=lf,
+            fast_attention=self.fast_attention,
         )
         h0 = h
         h, skips = _stack(_DownLayer, self.num_blocks, self.scan_blocks, (nn.broadcast,), "down", **layer_kwargs)(
@@ -146,7 +151,7 @@ class ScoreUNet(nn.Module):
         )
 
         h = ResnetBlock(self.channels, self.dropout, deterministic, lf, name="mid_block_1")(h, emb)
-        h = AttnBlock(name="mid_attn")(h)
+        h = AttnBlock(self.fast_attention, name="mid_attn")(h)
         h = ResnetBlock(self.channels, self.dropout, deterministic, lf, name="mid_block_2")(h, emb)
 
         skips = jnp.concatenate([h0[None], skips], axis=0)[::-1]  # N + 1 skips, last first
