@@ -33,6 +33,7 @@ sys.path.insert(0, ROOT)
 import benchmark  # noqa: E402
 from vdm.config_validation import apply_overrides, load_config_file  # noqa: E402
 from vdm.model import VDM  # noqa: E402
+from vdm.run import num_parameters  # noqa: E402
 
 PAPER_STEPS, PAPER_BATCH = 10_000_000, 128
 
@@ -46,7 +47,7 @@ def main():
 
     config = load_config_file(os.path.join(ROOT, "configs", "cifar10.py"))
     model = VDM.from_config(config)
-    n_params = int(sum(x.size for x in jax.tree.leaves(jax.eval_shape(model.init, jax.random.key(0)))))
+    n_params = num_parameters(jax.eval_shape(model.init, jax.random.key(0)))
     print(f"parameters: {n_params:,}", flush=True)
     jax.config.update("jax_enable_compilation_cache", False)  # cold compiles
     config = apply_overrides(config, {"training.batch_size": args.batch_size})

@@ -30,7 +30,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import repro_common as rc  # noqa: E402
-from vdm import checkpoint, data, losses, schedules  # noqa: E402
+from vdm import checkpoint, data, schedules  # noqa: E402
 
 FIXED = {"log-SNR linear": schedules.FixedLinear, "β-linear": schedules.BetaLinear,
          "α-cosine": schedules.AlphaCosine}
@@ -40,22 +40,14 @@ PAPER_VARIANCE = {"learned (variance)": 0.53, "log-SNR linear": 6.35, "β-linear
 def train_interior(model, net_params, schedule, objective, train, steps, batch_size, seed, lr):
     """Trains only the monotone net's interior (network and endpoints frozen); returns its schedule params."""
     sched_params = schedule.init(jax.random.key(seed))
-    vmodel = dataclasses.replace(model, schedule=schedule)
+    vmodel = dataclasses.replace(model, schedule=schedule, interior_objective=objective)
     tx = optax.adam(lr)
     opt_state = tx.init(sched_params["interior"])
 
     @jax.jit
     def step(sched_params, opt_state, images, key):
         params = {"net": net_params, "schedule": sched_params}
-        batch = {"images": images}
-        t = vmodel.training_times(key, images.shape[0])
-        if objective == "variance":
-            def per_example(p, gammas_t):
-                terms = vmodel.elbo_terms(p, batch, key, t=t, gammas_t=gammas_t)
-                return terms["bpd"], terms["bpd_diffusion"], None
-            _, grads = losses.variance_minimizing_value_and_grad(per_example, schedule, params, t)
-        else:
-            grads = jax.grad(lambda p: jnp.mean(vmodel.elbo_terms(p, batch, key, t=t)["bpd"]))(params)
+        _, grads = vmodel.loss_and_grads(params, {"images": images}, key)  # ELBO, or variance for the interior
         updates, opt_state = tx.update(grads["schedule"]["interior"], opt_state)
         return {**sched_params, "interior": optax.apply_updates(sched_params["interior"], updates)}, opt_state
 

@@ -49,11 +49,6 @@ def _flatten(cfg, prefix=""):
 
 
 def base_config():
-    """configs/base.py's config: every key with its default."""
-    return _base_config()
-
-
-def _base_config():
     from_path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "base.py")
     return load_config_file(from_path)
 
@@ -83,7 +78,7 @@ def _same_type(ref, value):
 
 def validate(config) -> None:
     """Raises ConfigError with a one-line message naming the first bad key."""
-    ref, flat = _flatten(_base_config()), _flatten(config)
+    ref, flat = _flatten(base_config()), _flatten(config)
     for key, value in flat.items():
         if key not in ref:
             raise ConfigError(f"unknown config key '{key}' (not in configs/base.py)")

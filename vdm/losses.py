@@ -150,10 +150,13 @@ def reconstruction_loss(x_int, z_0, gamma_0, vocab_size: int, window: int = 0):
       largest gamma_0, the full normaliser is computed instead (`lax.cond`).
     """
     x_int = jnp.asarray(x_int, jnp.int32)
-    if window <= 0 or 2 * window + 1 >= vocab_size:
+
+    def full(_=None):
         log_probs = decoder_log_probs(z_0, gamma_0, vocab_size)
-        picked = jnp.take_along_axis(log_probs, x_int[..., None], axis=-1)[..., 0]
-        return -_sum_except_batch(picked)
+        return -_sum_except_batch(jnp.take_along_axis(log_probs, x_int[..., None], axis=-1)[..., 0])
+
+    if window <= 0 or 2 * window + 1 >= vocab_size:
+        return full()
     gamma_0 = diffusion.expand_gamma(gamma_0, z_0)
     snr = jnp.exp(-gamma_0)
     u = z_0 / jnp.sqrt(jax.nn.sigmoid(-gamma_0))
@@ -168,10 +171,6 @@ def reconstruction_loss(x_int, z_0, gamma_0, vocab_size: int, window: int = 0):
         in_window = jnp.take_along_axis(logits, jnp.clip(offset, 0, 2 * window)[..., None], axis=-1)[..., 0]
         logit_x = jnp.where(inside, in_window, -0.5 * snr * jnp.square(u - scale_data(x_int, vocab_size)))
         return -_sum_except_batch(logit_x - jax.nn.logsumexp(logits, axis=-1))
-
-    def full(_):
-        log_probs = decoder_log_probs(z_0, gamma_0, vocab_size)
-        return -_sum_except_batch(jnp.take_along_axis(log_probs, x_int[..., None], axis=-1)[..., 0])
 
     delta = 2.0 / vocab_size
     exact = 0.5 * jnp.exp(-jnp.max(gamma_0)) * delta**2 * window * (window + 1) > _WINDOW_NATS
