@@ -61,8 +61,8 @@ def get_config(arg=None):
     c.optim.weight_decay = 0.01
     c.optim.grad_clip = 1.0  # global norm; 0 disables
     c.optim.accumulate_steps = 1  # gradient accumulation (optax.MultiSteps)
-    c.optim.ema_decay = 0.9999
-    c.optim.schedule_lr_scale = 1.0  # learning-rate multiplier for a learned schedule's interior (monotone_net)  # warmed up: min(decay, (1 + n) / (10 + n))
+    c.optim.ema_decay = 0.9999  # warmed up: min(decay, (1 + n) / (10 + n))
+    c.optim.schedule_lr_scale = 1.0  # learning-rate multiplier for a learned schedule's interior (monotone_net)
 
     c.training = ml_collections.ConfigDict()
     c.training.num_steps = 10_000_000
