@@ -93,3 +93,42 @@ def test_time_and_label_conditioning_reach_the_output(channels):
     scale = float(jnp.max(jnp.abs(out(0.0, 0))))
     assert float(jnp.max(jnp.abs(out(-4.0, 0) - out(2.0, 0)))) > 1e-2 * scale
     assert float(jnp.max(jnp.abs(out(0.0, 0) - out(0.0, 7)))) > 1e-2 * scale
+
+
+def test_fast_group_norm_is_flax_group_norm():
+    """Same parameter tree, values and gradients as flax's GroupNorm, also when the mean dwarfs the spread."""
+    import flax.linen as nn
+
+    from vdm.nets.layers import GroupNorm
+
+    x = 3.0 + 0.5 * jax.random.normal(jax.random.key(0), (4, 8, 8, 32))
+    ref = nn.GroupNorm(num_groups=8)
+    params = ref.init(jax.random.key(1), x)
+    params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.key(2), p.shape), params)
+    fast = GroupNorm(8)
+    assert jax.tree.structure(fast.init(jax.random.key(1), x)) == jax.tree.structure(params)
+    np.testing.assert_allclose(fast.apply(params, x), ref.apply(params, x), rtol=2e-5, atol=2e-5)
+    loss = lambda m: lambda p, x: jnp.sum(jnp.sin(m.apply(p, x)))  # noqa: E731
+    g_fast = jax.grad(loss(fast), argnums=(0, 1))(params, x)
+    g_ref = jax.grad(loss(ref), argnums=(0, 1))(params, x)
+    for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_ref)):
+        assert float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b)) < 1e-5
+    # each group normalised to mean 0, variance 1 (scale 1, bias 0)
+    y = GroupNorm(8).apply(GroupNorm(8).init(jax.random.key(1), x), x).reshape(4, 64, 8, 4)
+    np.testing.assert_allclose(jnp.mean(y, axis=(1, 3)), 0.0, atol=1e-4)
+    np.testing.assert_allclose(jnp.var(y, axis=(1, 3)), 1.0, rtol=1e-3)
+
+
+def test_fast_attention_over_query_blocks_is_plain_attention():
+    """16 x 16 positions in 4 blocks of 64 queries: values and gradients of the plain softmax attention."""
+    x = jax.random.normal(jax.random.key(0), (2, 16, 16, 8))
+    plain, fast = AttnBlock(), AttnBlock(fast=True, query_block=64)
+    params = plain.init(jax.random.key(1), x)
+    params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.key(2), p.shape), params)
+    np.testing.assert_allclose(fast.apply(params, x), plain.apply(params, x), rtol=1e-5, atol=1e-5)
+    loss = lambda m: lambda p, x: jnp.sum(jnp.sin(m.apply(p, x)))  # noqa: E731
+    g_fast = jax.grad(loss(fast), argnums=(0, 1))(params, x)
+    g_plain = jax.grad(loss(plain), argnums=(0, 1))(params, x)
+    # over the whole tree: the key bias's gradient is zero in exact arithmetic (softmax ignores a per-row shift)
+    num = sum(float(jnp.sum((a - b) ** 2)) for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_plain)))
+    assert (num / sum(float(jnp.sum(b**2)) for b in jax.tree.leaves(g_plain))) ** 0.5 < 1e-5

@@ -55,6 +55,7 @@ class VDM:
             input_skip=m.input_skip and m.prediction == "eps",
             loop_friendly_conv=m.loop_friendly_conv,
             fast_attention=m.fast_attention,
+            fast_norm=m.fast_norm,
         )
         kwargs = {"width": s.width} if s.name == "monotone_net" else {}
         return cls(
