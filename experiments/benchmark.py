@@ -46,7 +46,7 @@ COMMON = {"model.fourier_features": True, "model.dropout": 0.1, "loss.num_steps"
           "schedule.name": "learned_linear", "loss.objective": "elbo", "model.attention_per_block": False}
 # Speed settings: the base config's defaults, plus the conv gradient that XLA:CPU runs fast inside nn.scan.
 FAST = {"model.scan_blocks": True, "model.loop_friendly_conv": jax.default_backend() == "cpu",
-        "model.fast_attention": True, "model.fast_norm": True, "loss.decoder_window": 3, "training.donate_state": True}
+        "model.fast_attention": True, "model.fast_norm": True, "model.recompute": True, "loss.decoder_window": 3, "training.donate_state": True}
 CONFIGS = {
     "cifar-small": {"data.image_shape": (32, 32, 3), "data.vocab_size": 256, "model.channels": 32,
                     "model.num_blocks": 4, "training.batch_size": 16},
@@ -62,6 +62,7 @@ REFERENCE = {"cifar-small": {"images_per_second": 20.0, "sampler_ms_per_step": 2
 SWITCHES = {
     "fast_attention": ({"model.fast_attention": True}, {"model.fast_attention": False}),
     "fast_norm": ({"model.fast_norm": True}, {"model.fast_norm": False}),
+    "recompute": ({"model.recompute": True}, {"model.recompute": False}),
     "decoder_window": ({"loss.decoder_window": 3}, {"loss.decoder_window": 0}),
     "loop_friendly_conv": ({"model.loop_friendly_conv": True}, {"model.loop_friendly_conv": False}),
     "scan_blocks": ({"model.scan_blocks": True}, {"model.scan_blocks": False}),

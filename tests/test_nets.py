@@ -132,3 +132,17 @@ def test_fast_attention_over_query_blocks_is_plain_attention():
     # over the whole tree: the key bias's gradient is zero in exact arithmetic (softmax ignores a per-row shift)
     num = sum(float(jnp.sum((a - b) ** 2)) for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_plain)))
     assert (num / sum(float(jnp.sum(b**2)) for b in jax.tree.leaves(g_plain))) ** 0.5 < 1e-5
+
+
+def test_named_mask_dropout_is_flax_dropout():
+    """Same key, same mask, same output as flax.linen.Dropout (ResnetBlock's dropout, named for recomputation)."""
+    import flax.linen as nn
+
+    from vdm.nets.layers import Dropout
+
+    x = jax.random.normal(jax.random.key(0), (4, 8, 8, 16))
+    rngs = {"dropout": jax.random.key(1)}
+    ours = Dropout(0.3).apply({}, x, False, rngs=rngs)
+    np.testing.assert_array_equal(ours, nn.Dropout(0.3).apply({}, x, False, rngs=rngs))
+    assert 0.2 < float(jnp.mean(ours == 0)) < 0.4
+    np.testing.assert_array_equal(Dropout(0.3).apply({}, x, True), x)

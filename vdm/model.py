@@ -56,6 +56,7 @@ class VDM:
             loop_friendly_conv=m.loop_friendly_conv,
             fast_attention=m.fast_attention,
             fast_norm=m.fast_norm,
+            recompute=m.recompute,
         )
         kwargs = {"width": s.width} if s.name == "monotone_net" else {}
         return cls(

@@ -9,6 +9,7 @@ import math
 
 import flax.linen as nn
 import jax
+from jax.ad_checkpoint import checkpoint_name
 
 from vdm.nets.conv import loop_friendly_conv
 import jax.numpy as jnp
@@ -99,11 +100,34 @@ def conv3x3(features: int, loop_friendly: bool = False, **kwargs) -> nn.Conv:
     return nn.Conv(features, (3, 3), **kwargs)
 
 
+# Names of the values a ResNet block keeps for its backward pass under `RECOMPUTE_POLICY`.
+CONV1_OUTPUT, DROPOUT_MASK = "resnet_conv1_output", "resnet_dropout_mask"
+# Keep conv1's output (+ conditioning) and the dropout mask; recompute the GroupNorms,
+# swishes and the masked product from them and the block input in the backward pass.
+RECOMPUTE_POLICY = jax.checkpoint_policies.save_only_these_names(CONV1_OUTPUT, DROPOUT_MASK)
+
+
+class Dropout(nn.Module):
+    """flax.linen.Dropout (same random key, mask and output) with its mask named `DROPOUT_MASK`."""
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x, deterministic: bool):
+        if deterministic or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        mask = jax.random.bernoulli(self.make_rng("dropout"), p=keep, shape=x.shape)
+        return jax.lax.select(checkpoint_name(mask, DROPOUT_MASK), x / keep, jnp.zeros_like(x))
+
+
 class ResnetBlock(nn.Module):
     """GroupNorm -> swish -> conv3x3 (+ projected conditioning) -> GroupNorm -> swish -> dropout -> conv3x3.
 
     The output conv and the conditioning projection start at zero, so a fresh
     block is the identity (plus a 1x1 projection when the channel count changes).
+    Under `jax.checkpoint(..., policy=RECOMPUTE_POLICY)` it keeps only conv1's
+    output and the dropout mask for the backward pass.
     """
 
     out_ch: int
@@ -120,8 +144,8 @@ class ResnetBlock(nn.Module):
         h = h + nn.Dense(self.out_ch, use_bias=False, kernel_init=nn.initializers.zeros, name="cond_proj")(cond)[
             :, None, None, :
         ]
-        h = nn.swish(group_norm(self.out_ch, self.fast_norm)(h))
-        h = nn.Dropout(rate=self.dropout)(h, deterministic=self.deterministic)
+        h = nn.swish(group_norm(self.out_ch, self.fast_norm)(checkpoint_name(h, CONV1_OUTPUT)))
+        h = Dropout(self.dropout, name="Dropout_0")(h, deterministic=self.deterministic)
         h = conv3x3(self.out_ch, self.loop_friendly_conv, kernel_init=nn.initializers.zeros, name="conv2")(h)
         if c_in != self.out_ch:
             x = nn.Dense(self.out_ch, name="nin_shortcut")(x)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vdm.nets.layers import AttnBlock, Base2FourierFeatures, ResnetBlock, conv3x3, group_norm, timestep_embedding
+from vdm.nets.layers import RECOMPUTE_POLICY, AttnBlock, Base2FourierFeatures, ResnetBlock, conv3x3, group_norm, timestep_embedding
 
 
 class _DownLayer(nn.Module):
@@ -60,8 +60,10 @@ class _UpLayer(nn.Module):
         return h, None
 
 
-def _stack(layer_cls, num, scan, in_axes, name, **kwargs):
-    """Applies `num` copies of a layer, as one nn.scan or as a Python loop."""
+def _stack(layer_cls, num, scan, in_axes, name, recompute=False, **kwargs):
+    """Applies `num` copies of a layer, as one nn.scan or as a Python loop; recompute: under RECOMPUTE_POLICY."""
+    if recompute:
+        layer_cls = nn.remat(layer_cls, policy=RECOMPUTE_POLICY, prevent_cse=not scan)
     if scan:
         scanned = nn.scan(
             layer_cls,
@@ -97,7 +99,10 @@ class ScoreUNet(nn.Module):
       (3x3 convolutions with a gradient that stays fast inside nn.scan on XLA:CPU;
       same parameters and values, see vdm.nets.conv), fast_attention (AttnBlock's
       fast form: the same function, blocked queries, fewer passes), fast_norm (vdm.nets.layers.GroupNorm
-      instead of flax's: the same function and parameters, faster statistics).
+      instead of flax's: the same function and parameters, faster statistics), recompute
+      (each down / up block keeps only its conv1 output and dropout mask for the backward
+      pass and recomputes the rest: the same values, far less memory traffic; with scan_blocks
+      it saves stacking ~10 activations per block).
 
     Call: (z [B,H,W,C], gamma [B], cond [B, cond_dim] | None, labels [B] int | None,
            deterministic) -> [B, H, W, out_channels].
@@ -118,6 +123,7 @@ class ScoreUNet(nn.Module):
     loop_friendly_conv: bool = False
     fast_attention: bool = False
     fast_norm: bool = False
+    recompute: bool = False
 
     @nn.compact
     def __call__(self, z, gamma, cond=None, labels=None, deterministic=True):
@@ -151,9 +157,8 @@ class ScoreUNet(nn.Module):
             fast_norm=self.fast_norm,
         )
         h0 = h
-        h, skips = _stack(_DownLayer, self.num_blocks, self.scan_blocks, (nn.broadcast,), "down", **layer_kwargs)(
-            h, emb
-        )
+        stack = dict(scan=self.scan_blocks, recompute=self.recompute, **layer_kwargs)
+        h, skips = _stack(_DownLayer, self.num_blocks, in_axes=(nn.broadcast,), name="down", **stack)(h, emb)
 
         fn = self.fast_norm
         h = ResnetBlock(self.channels, self.dropout, deterministic, lf, fn, name="mid_block_1")(h, emb)
@@ -161,9 +166,7 @@ class ScoreUNet(nn.Module):
         h = ResnetBlock(self.channels, self.dropout, deterministic, lf, fn, name="mid_block_2")(h, emb)
 
         skips = jnp.concatenate([h0[None], skips], axis=0)[::-1]  # N + 1 skips, last first
-        h, _ = _stack(_UpLayer, self.num_blocks + 1, self.scan_blocks, (0, nn.broadcast), "up", **layer_kwargs)(
-            h, skips, emb
-        )
+        h, _ = _stack(_UpLayer, self.num_blocks + 1, in_axes=(0, nn.broadcast), name="up", **stack)(h, skips, emb)
 
         h = nn.swish(group_norm(h.shape[-1], self.fast_norm)(h))
         out = conv3x3(self.out_channels, lf, kernel_init=nn.initializers.zeros, name="conv_out")(h)
