@@ -56,7 +56,6 @@ CONFIGS = {
                "training.batch_size": 64},
     "paper": {"data.image_shape": (32, 32, 3), "data.vocab_size": 256, "model.channels": 128,
               "model.num_blocks": 32, "training.batch_size": 8, "training.steps_per_call": 1},  # 9 s steps: no call overhead
-
 }
 # The official implementation on this machine kind (2 CPU cores, float32), DESIGN.md section 2.
 REFERENCE = {"cifar-small": {"images_per_second": 20.0, "sampler_ms_per_step": 217.0},
