@@ -36,6 +36,7 @@ def get_config(arg=None):
     c.model.scan_blocks = True
     c.model.fast_attention = True  # blocked queries, softmax normalised after the value product: same function, faster
     c.model.recompute = True  # blocks keep conv1's output + dropout mask for the backward pass, recompute the rest
+    c.model.fast_dropout_rng = True  # dropout masks from threefry with unrolled rounds (vdm.prng): same bits, faster
     c.model.fast_norm = True  # GroupNorm statistics per channel first (vdm.nets.layers.GroupNorm): same function, faster
     c.model.loop_friendly_conv = False  # True: same values; a conv gradient XLA:CPU runs fast inside nn.scan (vdm.nets.conv)
 

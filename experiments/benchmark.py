@@ -47,8 +47,8 @@ COMMON = {"model.fourier_features": True, "model.dropout": 0.1, "loss.num_steps"
 # Speed settings: the base config's defaults, plus the conv gradient that XLA:CPU runs fast inside nn.scan
 # and 4 optimizer steps per compiled call.
 FAST = {"model.scan_blocks": True, "model.loop_friendly_conv": jax.default_backend() == "cpu",
-        "model.fast_attention": True, "model.fast_norm": True, "model.recompute": True, "loss.decoder_window": 3,
-        "training.donate_state": True, "training.steps_per_call": 4}
+        "model.fast_attention": True, "model.fast_norm": True, "model.recompute": True, "model.fast_dropout_rng": True,
+        "loss.decoder_window": 3, "training.donate_state": True, "training.steps_per_call": 4}
 CONFIGS = {
     "cifar-small": {"data.image_shape": (32, 32, 3), "data.vocab_size": 256, "model.channels": 32,
                     "model.num_blocks": 4, "training.batch_size": 16},
@@ -65,6 +65,7 @@ SWITCHES = {
     "fast_attention": ({"model.fast_attention": True}, {"model.fast_attention": False}),
     "fast_norm": ({"model.fast_norm": True}, {"model.fast_norm": False}),
     "recompute": ({"model.recompute": True}, {"model.recompute": False}),
+    "fast_dropout_rng": ({"model.fast_dropout_rng": True}, {"model.fast_dropout_rng": False}),
     "decoder_window": ({"loss.decoder_window": 3}, {"loss.decoder_window": 0}),
     "loop_friendly_conv": ({"model.loop_friendly_conv": True}, {"model.loop_friendly_conv": False}),
     "scan_blocks": ({"model.scan_blocks": True}, {"model.scan_blocks": False}),

@@ -61,8 +61,8 @@ def test_unsupported_settings_fall_back_to_lax():
 
 
 def test_exactness_guard_every_speed_switch_keeps_the_bits_per_dim():
-    """Every speed switch on (loop-friendly conv, fast attention and GroupNorm, recomputation, windowed decoder)
-    vs all off:
+    """Every speed switch on (loop-friendly conv, fast attention, GroupNorm and dropout bits, recomputation,
+    windowed decoder) vs all off:
     per-example bpd within 1e-5 relative, gradients within 1e-5 over the whole tree."""
     from vdm.config_validation import apply_overrides, load_config_file
     from vdm.model import VDM
@@ -71,7 +71,7 @@ def test_exactness_guard_every_speed_switch_keeps_the_bits_per_dim():
         c = apply_overrides(load_config_file("configs/tiny.py"), {
             "model.channels": 16, "model.num_blocks": 2, "model.dropout": 0.1, "model.scan_blocks": True,
             "model.attention_per_block": True, "data.image_shape": (8, 8, 3), "data.vocab_size": 256,
-            "model.loop_friendly_conv": fast, "model.fast_attention": fast, "model.fast_norm": fast, "model.recompute": fast,
+            "model.loop_friendly_conv": fast, "model.fast_attention": fast, "model.fast_norm": fast, "model.recompute": fast, "model.fast_dropout_rng": fast,
             "loss.decoder_window": 3 if fast else 0})
         return VDM.from_config(c)
 
