@@ -6,7 +6,8 @@ computes the same forward convolution and a gradient built from ops that
 stay fast in loops:
 
     dL/dx = conv(g, flip(W)^T)                          a forward convolution
-    dL/dW[i, j] = sum_{b,h,w} x_pad[b, h+i, w+j, :]^T g[b, h, w, :]   one matmul per kernel tap
+    dL/dW[i, j] = sum_{b,h,w} x_pad[b, h+i, w+j, :]^T g[b, h, w, :]   one matmul per kernel row i
+                                                        (the row's taps j side by side in channels)
 
 for stride 1, no dilation, one feature group, NHWC / HWIO; anything else falls
 back to `lax.conv_general_dilated`. The forward value is identical; gradients
@@ -46,12 +47,14 @@ def _make(padding):
         w_t = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
         dx = _conv(g, w_t, ((kh - 1 - pt, kh - 1 - pb), (kw - 1 - pl, kw - 1 - pr)))
         x_pad = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-        g2 = g.reshape(-1, c_out)
         out_h, out_w = g.shape[1], g.shape[2]
+        # the kw horizontal taps side by side in channels: [B, H + pt + pb, out_w, kw * c_in]
+        x_rows = jnp.concatenate([x_pad[:, :, j : j + out_w, :] for j in range(kw)], axis=-1)
+        g_t = g.reshape(-1, c_out).T  # [c_out, N]: this operand order is the fast one for XLA:CPU's dot
         dw = jnp.stack([
-            jnp.stack([x_pad[:, i : i + out_h, j : j + out_w, :].reshape(-1, c_in).T @ g2 for j in range(kw)])
-            for i in range(kh)
-        ])
+            (g_t @ x_rows[:, i : i + out_h].reshape(-1, kw * c_in)).reshape(c_out, kw, c_in) for i in range(kh)
+        ])  # [kh, c_out, kw, c_in]
+        dw = dw.transpose(0, 2, 3, 1)
         return dx, dw
 
     conv.defvjp(fwd, bwd)
