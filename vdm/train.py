@@ -81,9 +81,8 @@ def make_train_step(model: VDM, tx, lr_schedule, ema_decay: float, mesh=None, do
         new_state = jax.lax.cond(finite, update, lambda s: s.replace(step=s.step + 1), state)
         num_updates = new_state.opt_state.gradient_step if isinstance(tx, optax.MultiSteps) else new_state.step
         metrics = _scalar_metrics(loss, terms, grad_norm, lr_schedule(num_updates - 1))
-        gamma_fn = model.gamma_fn(new_state.params)
-        metrics.update(gamma_0=gamma_fn(jnp.zeros(1))[0], gamma_1=gamma_fn(jnp.ones(1))[0],
-                       nonfinite=1.0 - finite.astype(jnp.float32))
+        gamma_0, gamma_1 = model.gamma_fn(new_state.params)(jnp.array([0.0, 1.0]))
+        metrics.update(gamma_0=gamma_0, gamma_1=gamma_1, nonfinite=1.0 - finite.astype(jnp.float32))
         return new_state, metrics
 
     def train_step(state, batches, base_key):

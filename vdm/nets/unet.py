@@ -21,7 +21,15 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vdm.nets.layers import RECOMPUTE_POLICY, AttnBlock, Base2FourierFeatures, ResnetBlock, conv3x3, group_norm, timestep_embedding
+from vdm.nets.layers import (
+    RECOMPUTE_POLICY,
+    AttnBlock,
+    Base2FourierFeatures,
+    ResnetBlock,
+    conv3x3,
+    group_norm,
+    timestep_embedding,
+)
 
 
 class _DownLayer(nn.Module):
@@ -160,10 +168,10 @@ class ScoreUNet(nn.Module):
         stack = dict(scan=self.scan_blocks, recompute=self.recompute, **layer_kwargs)
         h, skips = _stack(_DownLayer, self.num_blocks, in_axes=(nn.broadcast,), name="down", **stack)(h, emb)
 
-        fn = self.fast_norm
-        h = ResnetBlock(self.channels, self.dropout, deterministic, lf, fn, name="mid_block_1")(h, emb)
-        h = AttnBlock(self.fast_attention, fn, name="mid_attn")(h)
-        h = ResnetBlock(self.channels, self.dropout, deterministic, lf, fn, name="mid_block_2")(h, emb)
+        fast_norm = self.fast_norm
+        h = ResnetBlock(self.channels, self.dropout, deterministic, lf, fast_norm, name="mid_block_1")(h, emb)
+        h = AttnBlock(self.fast_attention, fast_norm, name="mid_attn")(h)
+        h = ResnetBlock(self.channels, self.dropout, deterministic, lf, fast_norm, name="mid_block_2")(h, emb)
 
         skips = jnp.concatenate([h0[None], skips], axis=0)[::-1]  # N + 1 skips, last first
         h, _ = _stack(_UpLayer, self.num_blocks + 1, in_axes=(0, nn.broadcast), name="up", **stack)(h, skips, emb)
