@@ -4,12 +4,13 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-# Persistent XLA compilation cache: the second run of anything compiles in seconds.
-export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.cache/jax
+# Persistent XLA compilation cache, shared by every checkout of this machine's user (the key is the program and
+# the jax / XLA version, so a cached entry is the same compiled code): the second run of anything compiles in seconds.
+export JAX_COMPILATION_CACHE_DIR ?= $(HOME)/.cache/vdm/jax
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS ?= 0.5
 export JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES ?= 0
 
-.PHONY: install test demo clean
+.PHONY: install test test-all demo clean
 DEMO_DIR ?= runs/demo
 
 install: $(STAMP)
@@ -20,7 +21,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
+# The fast suite (a few minutes on 2 cores); test-all adds the tests marked slow (training processes that are
+# killed and resumed, several processes or devices, sweeps, a wheel install): what .ci/run runs.
 test: $(STAMP)
+	$(PY) -m pytest -q -n 2 -m "not slow" tests
+
+test-all: $(STAMP)
 	$(PY) -m pytest -q -n 2 tests
 
 # Trains configs/digits.py (~10 min on 2 cores), evaluates test bits/dim with the EMA

@@ -12,11 +12,13 @@ Should reproduce the paper's 2.65 test bits/dim (no augmentation; the official
 checkpoint re-evaluates to 2.637) after 10M steps.
 """
 
-from configs import base
+from vdm.config_schema import base_config
+
+VARIANTS = (None,)  # the values get_config(arg) accepts
 
 
 def get_config(arg=None):
-    c = base.get_config()
+    c = base_config()
     c.data.name = "cifar10"
     c.data.image_shape = (32, 32, 3)
     c.data.vocab_size = 256

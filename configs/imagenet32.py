@@ -8,12 +8,16 @@ Run (accelerators, data prepared with tfds):
   python -m vdm.main --config=configs/imagenet32.py --workdir=runs/imagenet32
 """
 
-from configs import cifar10
+import os
+
+from vdm.config_validation import load_config_file
+
+VARIANTS = (None,)  # the values get_config(arg) accepts
 
 
 def get_config(arg=None):
-    c = cifar10.get_config()
-    c.data.name = "downsampled_imagenet/32x32"
+    c = load_config_file(os.path.join(os.path.dirname(__file__), "cifar10.py"))
+    c.data.name = "imagenet32"  # vdm.datasets: tfds downsampled_imagenet/32x32
     c.data.num_classes = 0
     c.model.channels = 256
     c.model.dropout = 0.0

@@ -9,12 +9,16 @@ Run (accelerators, data prepared with tfds):
   python -m vdm.main --config=configs/imagenet64.py --workdir=runs/imagenet64
 """
 
-from configs import cifar10
+import os
+
+from vdm.config_validation import load_config_file
+
+VARIANTS = (None,)  # the values get_config(arg) accepts
 
 
 def get_config(arg=None):
-    c = cifar10.get_config()
-    c.data.name = "downsampled_imagenet/64x64"
+    c = load_config_file(os.path.join(os.path.dirname(__file__), "cifar10.py"))
+    c.data.name = "imagenet64"  # vdm.datasets: tfds downsampled_imagenet/64x64
     c.data.image_shape = (64, 64, 3)
     c.data.num_classes = 0
     c.model.dropout = 0.0

@@ -1,17 +1,18 @@
 """The paper's ablations at a size that runs on 2 CPU cores: one variant and sweep per finding.
 
-Each variant is driven by an `experiments/reproduce_*.py` script, which runs its
-sweep (`get_sweep`) and writes results/<name>.md and a figure:
+Each variant is driven by an experiments/reproduce_*.py script, run from the
+repository root, which runs its sweep (`get_sweep`) and writes
+results/<name>.md and a figure:
 
   steps       T = 10, 100, 1000 and continuous time, 3 seeds, 600 steps each
-              PYTHONPATH=. python experiments/reproduce_steps.py        (~20 min; results/steps.md)
+              python -m experiments.reproduce_steps               (~20 min; results/steps.md)
   schedule    monotone-net schedule, interior trained on the ELBO or on the loss
               variance (its learning rate 10x the network's), 2 seeds, 150 s of training each
-              PYTHONPATH=. python experiments/reproduce_variance_training.py  (results/variance_training.md)
+              python -m experiments.reproduce_variance_training   (results/variance_training.md)
   fourier     Fourier features on / off, 8-bit 16x16x3 photo patches, 2 seeds
-              PYTHONPATH=. python experiments/reproduce_fourier.py      (results/fourier.md)
+              python -m experiments.reproduce_fourier             (results/fourier.md)
   prediction  eps / x / v prediction under the same ELBO, 2 seeds
-              PYTHONPATH=. python experiments/reproduce_prediction.py   (results/prediction.md)
+              python -m experiments.reproduce_prediction          (results/prediction.md)
 
 The model is a 16-channel, 2-block U-Net on digits (8x8, V = 17) trained on the
 continuous-time ELBO with learned log-SNR-linear endpoints (initially [-8, 5]),
@@ -19,11 +20,15 @@ AdamW 2e-3 with cosine decay. Expected results (2 cores): test bpd near 2.1 for
 every variant of `steps`; see each results file for the measured figures.
 """
 
-from configs import digits
+import os
+
+from vdm.config_validation import load_config_file
+
+VARIANTS = (None, "steps", "schedule", "fourier", "prediction")  # the values get_config(arg) accepts
 
 
 def get_config(arg=None):
-    c = digits.get_config()
+    c = load_config_file(os.path.join(os.path.dirname(__file__), "digits.py"))
     c.model.channels = 16
     c.model.num_blocks = 2
     c.schedule.name = "learned_linear"

@@ -1,9 +1,10 @@
 """Speed of training, sampling and evaluation on whatever devices JAX sees; writes a table and JSON.
 
 Run:
-  PYTHONPATH=. python experiments/benchmark.py                       # all configurations, ~15 min on 2 cores
-  PYTHONPATH=. python experiments/benchmark.py --configs=digits --ablation
-  PYTHONPATH=. python experiments/benchmark.py --out=results/benchmark_gpu.json   # on an accelerator
+  python -m experiments.benchmark                     # all configurations, ~15 min on 2 cores
+  python -m experiments.benchmark --configs=digits --ablation
+  python -m experiments.benchmark --out=results/benchmark_gpu.json   # on an accelerator
+(from the repository root, vdm installed: make install)
 
 Configurations (the settings the official implementation's reference figures
 were measured with: Fourier features, dropout 0.1, continuous time, learned
@@ -26,21 +27,20 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from vdm import sampling
+from vdm.config_schema import base_config
+from vdm.config_validation import apply_overrides
+from vdm.model import VDM
+from vdm.optim import make_optimizer
+from vdm.train import create_train_state, make_eval_step, make_train_step
 
-from vdm import sampling  # noqa: E402
-from vdm.config_validation import apply_overrides, load_config_file  # noqa: E402
-from vdm.model import VDM  # noqa: E402
-from vdm.optim import make_optimizer  # noqa: E402
-from vdm.train import create_train_state, make_eval_step, make_train_step  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 COMMON = {"model.fourier_features": True, "model.dropout": 0.1, "loss.num_steps": 0,
           "schedule.name": "learned_linear", "loss.objective": "elbo", "model.attention_per_block": False}
@@ -57,7 +57,8 @@ CONFIGS = {
     "paper": {"data.image_shape": (32, 32, 3), "data.vocab_size": 256, "model.channels": 128,
               "model.num_blocks": 32, "training.batch_size": 8, "training.steps_per_call": 1},  # 9 s steps: no call overhead
 }
-# The official implementation on this machine kind (2 CPU cores, float32), DESIGN.md section 2.
+# The official implementation (google-research/vdm at commit dc27b98, jax 0.10), measured on a 2-core CPU
+# machine of this kind, float32.
 REFERENCE = {"cifar-small": {"images_per_second": 20.0, "sampler_ms_per_step": 217.0},
              "digits": {"images_per_second": 85.0}, "paper": {"images_per_second": 0.70, "compile_seconds": 30.0}}
 # Optimization switches: (config overrides when on, when off).
@@ -75,8 +76,7 @@ SWITCHES = {
 
 
 def bench_config(name: str, overrides: dict | None = None):
-    config = load_config_file(os.path.join(ROOT, "configs", "base.py"))
-    return apply_overrides(config, {**COMMON, **FAST, **CONFIGS[name], **(overrides or {})})
+    return apply_overrides(base_config(), {**COMMON, **FAST, **CONFIGS[name], **(overrides or {})})
 
 
 def _median_seconds(fn, repeats: int) -> float:

@@ -1,7 +1,7 @@
 """Train-step compile time of the paper-width model against depth (blocks under nn.scan).
 
 Run:
-  PYTHONPATH=. python experiments/compile_growth.py [--blocks=4,8,16,32]
+  python -m experiments.compile_growth [--blocks=4,8,16,32]
 Prints one line per depth and the ratio of the deepest to the shallowest;
 writes results/compile_growth.json. Cold compiles (persistent cache off).
 """
@@ -14,7 +14,7 @@ import os
 
 import jax
 
-import benchmark
+from experiments import benchmark
 
 
 def main():

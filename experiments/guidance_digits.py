@@ -1,6 +1,6 @@
 """Classifier-free and classifier guidance on digits: requested-class accuracy per guidance weight.
 
-    PYTHONPATH=. python experiments/guidance_digits.py [--workdir=runs/digits_conditional] [--per_class=100]
+    python -m experiments.guidance_digits [--workdir=runs/digits_conditional] [--per_class=100]
 
 1. trains `configs/digits.py:conditional` in the workdir (resumes it; skipped when finished);
 2. classifier-free guidance: for each w, `per_class` samples of every class with
@@ -28,10 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from vdm import checkpoint, data, digits_quality, guidance, outputs, run, sampling  # noqa: E402
-from vdm.config_validation import load_config_file  # noqa: E402
+from vdm import checkpoint, data, digits_quality, guidance, outputs, run, sampling
+from vdm.config_validation import load_config_file
 
 
 def _generate(model, eps_hat_fn, params, key, n, steps):
@@ -108,7 +106,7 @@ def main():
     summary = {"rows": rows, "real_test_digits_accuracy": real["accuracy"], "model_test_bpd": results["test_bpd"],
                "noisy_classifier_accuracy": noisy_accuracy, "samples_per_class": args.per_class,
                "sampler": f"ancestral, T = {args.steps}", "seconds": time.time() - start,
-               "command": "PYTHONPATH=. python experiments/guidance_digits.py " + " ".join(sys.argv[1:])}
+               "command": "python -m experiments.guidance_digits " + " ".join(sys.argv[1:])}
     outputs.write_json(os.path.join(args.out, "guidance_digits.json"), summary)
     lines = [
         "# Guidance on digits: does the sample show the requested class?",

@@ -1,5 +1,7 @@
 """What every experiments/reproduce_*.py shares: sizes, running its sweep, seed statistics, outputs.
 
+The scripts run from the repository root as `python -m experiments.reproduce_<name>`.
+
 --size=small runs configs/repro.py:<variant> here (2 cores); --size=paper runs
 the same sweep points on configs/cifar10.py (accelerators and the prepared
 CIFAR-10 data needed), or writes them as a SLURM array job with --slurm.
@@ -13,11 +15,9 @@ import os
 import sys
 import time
 
+from vdm import sweeps
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from vdm import sweeps  # noqa: E402
-
 RESULTS = os.path.join(ROOT, "results")
 PAPER_CONFIG = "configs/cifar10.py"
 

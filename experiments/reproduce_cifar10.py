@@ -1,7 +1,7 @@
 """CIFAR-10 at the paper's size: the exact configuration, what one step costs here, and what the full run needs.
 
 Run here (random 8-bit images, no dataset needed; ~10 min on 2 cores):
-  PYTHONPATH=. python experiments/reproduce_cifar10.py [--batch_size=8] [--steps=2]
+  python -m experiments.reproduce_cifar10 [--batch_size=8] [--steps=2]
 Reproduce the paper's 2.65 test bits/dim (accelerators, CIFAR-10 prepared with tfds):
   python -m vdm.main --config=configs/cifar10.py --workdir=runs/cifar10
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 import jax
 import matplotlib
@@ -27,13 +26,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import benchmark  # noqa: E402
+from experiments import benchmark  # noqa: E402
 from vdm.config_validation import apply_overrides, load_config_file  # noqa: E402
 from vdm.model import VDM  # noqa: E402
 from vdm.run import num_parameters  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PAPER_STEPS, PAPER_BATCH = 10_000_000, 128
 
@@ -80,7 +78,7 @@ def main():
         "attention layer, no downsampling, Fourier features 2^6 and 2^7, dropout 0.1, learned endpoints from "
         "[−13.3, 5], AdamW 2e-4 (β = 0.9, 0.99, weight decay 0.01), EMA 0.9999, batch 128, 10M steps.",
         "",
-        f"Measured here (`PYTHONPATH=. python experiments/reproduce_cifar10.py --batch_size={args.batch_size} "
+        f"Measured here (`python -m experiments.reproduce_cifar10 --batch_size={args.batch_size} "
         f"--steps={args.steps}`, {device}, float32, random 8-bit images):",
         "",
         "| figure | value |",

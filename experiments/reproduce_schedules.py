@@ -1,7 +1,7 @@
 """Schedule invariance and loss variance (paper Sec. 5.3 / appendix): one trained model, five schedules.
 
 Run (2 cores, ~5 min after reproduce_steps.py has trained its models):
-  PYTHONPATH=. python experiments/reproduce_schedules.py [--workdir=runs/repro/steps/num_steps=0,seed=0]
+  python -m experiments.reproduce_schedules [--workdir=runs/repro/steps/num_steps=0,seed=0]
 
 For a model trained in continuous time, the expected diffusion loss L_inf
 depends on the schedule only through its endpoints gamma_0, gamma_1 (paper
@@ -29,7 +29,7 @@ import optax
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-import repro_common as rc  # noqa: E402
+from experiments import repro_common as rc  # noqa: E402
 from vdm import checkpoint, data, schedules  # noqa: E402
 
 FIXED = {"log-SNR linear": schedules.FixedLinear, "β-linear": schedules.BetaLinear,
@@ -92,7 +92,7 @@ def main():
     lines = [
         "# Schedule invariance and the variance of the loss (paper Sec. 5.3 and appendix)",
         "",
-        "Command: `PYTHONPATH=. python experiments/reproduce_schedules.py` (after `reproduce_steps.py`)",
+        "Command: `python -m experiments.reproduce_schedules` (after `python -m experiments.reproduce_steps`)",
         "",
         f"One model (`{args.workdir.split('runs/')[-1]}`, trained in continuous time, learned endpoints "
         f"γ_0 = {g0:.3f}, γ_1 = {g1:.3f}), evaluated on the {len(dataset.test)} test digits × {args.repeats} "

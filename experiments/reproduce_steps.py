@@ -1,8 +1,8 @@
 """Number of diffusion steps: models trained with T = 10, 100, 1000 and continuous time (paper Sec. 5, Fig. 4).
 
 Run (2 cores, ~20 min; points already trained are skipped):
-  PYTHONPATH=. python experiments/reproduce_steps.py
-  PYTHONPATH=. python experiments/reproduce_steps.py --size=paper [--slurm=steps.sbatch]   # CIFAR-10, accelerators
+  python -m experiments.reproduce_steps
+  python -m experiments.reproduce_steps --size=paper [--slurm=steps.sbatch]   # CIFAR-10, accelerators
 
 1. Trains configs/repro.py:steps for every T and 3 seeds on equal step budgets;
    reports test bits/dim, mean ± standard error over seeds, and whether each
@@ -22,7 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-import repro_common as rc  # noqa: E402
+from experiments import repro_common as rc  # noqa: E402
 from vdm import checkpoint, data, sweeps  # noqa: E402
 from vdm.train import evaluate, make_eval_step  # noqa: E402
 
@@ -54,7 +54,7 @@ def main():
     lines = [
         "# Number of diffusion steps T (paper Sec. 5: more steps, better likelihood; continuous time best)",
         "",
-        f"Command: `PYTHONPATH=. python experiments/reproduce_steps.py{'' if args.size == 'small' else ' --size=paper'}`",
+        f"Command: `python -m experiments.reproduce_steps{'' if args.size == 'small' else ' --size=paper'}`",
         "",
         f"Config `{config_arg}`, {len(rows) // len(stats)} seeds per T, equal step budgets "
         f"({int(stats[order[0]][3])} steps). {rc.EVAL_NOTE.format(repeats=args.eval_repeats)} Mean ± standard "

@@ -1,8 +1,8 @@
 """Variance-minimising vs ELBO-only learned schedule during training (paper appendix).
 
 Run (2 cores, ~13 min; finished points are skipped):
-  PYTHONPATH=. python experiments/reproduce_variance_training.py
-  PYTHONPATH=. python experiments/reproduce_variance_training.py --size=paper [--slurm=var.sbatch]
+  python -m experiments.reproduce_variance_training
+  python -m experiments.reproduce_variance_training --size=paper [--slurm=var.sbatch]
 
 Trains configs/repro.py:schedule (monotone-net schedule, continuous-time ELBO)
 with the schedule's interior on the ELBO or on the loss variance
@@ -25,7 +25,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-import repro_common as rc  # noqa: E402
+from experiments import repro_common as rc  # noqa: E402
 from vdm import checkpoint, data, sweeps  # noqa: E402
 
 
@@ -59,7 +59,7 @@ def main():
     lines = [
         "# Variance-minimising vs ELBO-only learned schedule, during training (paper appendix)",
         "",
-        f"Command: `PYTHONPATH=. python experiments/reproduce_variance_training.py{'' if args.size == 'small' else ' --size=paper'}`",
+        f"Command: `python -m experiments.reproduce_variance_training{'' if args.size == 'small' else ' --size=paper'}`",
         "",
         f"Config `{config_arg}`: monotone-net schedule (width 1024), continuous-time ELBO, the schedule's interior "
         "trained on the ELBO or on the variance of the per-example diffusion loss; the network and the endpoints "

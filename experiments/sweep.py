@@ -1,9 +1,9 @@
 """Run a config's sweep (its `get_sweep()` points) and collect the results into a table.
 
 Run:
-  python experiments/sweep.py --config=configs/repro_steps.py --root=runs/sweeps/steps [--parallel=2]
-  python experiments/sweep.py --config=... --root=... --slurm=sweep.sbatch [--sbatch="--gres=gpu:1"]
-  python experiments/sweep.py --config=... --root=... --collect_only
+  python -m experiments.sweep --config=configs/repro.py:steps --root=runs/sweeps/steps [--parallel=2]
+  python -m experiments.sweep --config=... --root=... --slurm=sweep.sbatch [--sbatch="--gres=gpu:1"]
+  python -m experiments.sweep --config=... --root=... --collect_only
 
 Points whose workdir has results.json are skipped; interrupted ones resume.
 Writes <root>/sweep.md and <root>/sweep.csv (one row per point: its overrides,
@@ -17,10 +17,8 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from vdm import sweeps  # noqa: E402
-from vdm.errors import ConfigError  # noqa: E402
+from vdm import sweeps
+from vdm.errors import ConfigError
 
 
 def main(argv=None) -> int:
@@ -45,7 +43,7 @@ def main(argv=None) -> int:
         print(f"wrote {args.slurm}: {len(points)} array tasks; submit with: sbatch {args.slurm}")
         return 0
     codes = {} if args.collect_only else sweeps.run_points(args.config, points, args.root, args.parallel)
-    rows = sweeps.collect(args.root, points)
+    rows = sweeps.collect(args.root, points, config_arg=args.config)
     md = os.path.join(args.root, "sweep.md")
     print(sweeps.write_table(rows, md, os.path.join(args.root, "sweep.csv"), title=f"Sweep of {args.config}"))
     print(f"wrote {md} and sweep.csv")

@@ -10,3 +10,29 @@ import jax  # noqa: E402
 _cache = os.environ.get("JAX_COMPILATION_CACHE_DIR")
 if _cache:
     jax.config.update("jax_compilation_cache_dir", _cache)
+
+
+import pytest  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The tiny config with the cheapest final evaluation: for tests about runs, not about numbers.
+LIGHT_EVAL = {"training.eval_every": 8, "eval.num_repeats": 1, "eval.num_samples": 4, "eval.sampler_steps": 2}
+
+
+def tiny_config(**overrides):
+    """configs/tiny.py with LIGHT_EVAL and `overrides` ({"model.channels": 16} as model__channels=16)."""
+    from vdm.config_validation import apply_overrides, load_config_file
+
+    extra = {k.replace("__", "."): v for k, v in overrides.items()}
+    return apply_overrides(load_config_file(os.path.join(ROOT, "configs", "tiny.py")), {**LIGHT_EVAL, **extra})
+
+
+@pytest.fixture(scope="session")
+def finished_tiny_run(tmp_path_factory):
+    """(config, workdir) of a finished tiny run (8 steps), trained once per test process."""
+    from vdm import run
+
+    workdir = str(tmp_path_factory.mktemp("finished_tiny_run"))
+    config = tiny_config()
+    run.train_and_evaluate(config, workdir)
+    return config, workdir

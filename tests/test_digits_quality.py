@@ -13,3 +13,14 @@ def test_real_digits_pass_copies_and_noise_fail():
     assert copies["near_copy_fraction"] == 1.0 and not digits_quality.passes(copies)
     noise = np.random.default_rng(0).integers(0, 17, (300, 8, 8, 1))
     assert not digits_quality.passes(digits_quality.sample_quality(noise, ds))
+
+
+def test_the_check_exits_1_with_what_to_try_when_samples_fail(tmp_path, capsys):
+    ds = data.load_dataset("digits")
+    np.savez(tmp_path / "samples.npz", samples=ds.test.images)
+    assert digits_quality.main([str(tmp_path)]) == 0
+    assert "sample check: PASS" in capsys.readouterr().out
+    np.savez(tmp_path / "samples.npz", samples=np.random.default_rng(0).integers(0, 17, (300, 8, 8, 1)))
+    assert digits_quality.main([str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert "sample check: FAIL" in captured.out and "Try: train longer" in captured.err

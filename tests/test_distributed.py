@@ -13,12 +13,14 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from vdm import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_four_local_devices_match_one_device():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
     proc = subprocess.run([sys.executable, "tests/helpers/four_devices.py"], cwd=ROOT, env=env,
@@ -38,7 +40,8 @@ def _free_port():
 
 
 THREE_STEPS = ["--config=configs/tiny.py", "--config.training.num_steps=3", "--config.training.steps_per_call=1",
-               "--config.training.log_every=1", "--config.training.eval_every=3", "--config.checkpoint.every_steps=3"]
+               "--config.training.log_every=1", "--config.training.eval_every=3", "--config.checkpoint.every_steps=3",
+               "--config.eval.num_repeats=1", "--config.eval.num_samples=4", "--config.eval.sampler_steps=2"]
 
 
 def _cli(workdir, *extra):
@@ -57,6 +60,7 @@ def _rel(a, b):
     return (diff / sum(float(np.sum(np.asarray(y, np.float64) ** 2)) for y in jax.tree.leaves(b))) ** 0.5
 
 
+@pytest.mark.slow
 def test_two_processes_train_to_the_one_process_parameters(tmp_path):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     single = subprocess.Popen(_cli(tmp_path / "single"), cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -71,7 +75,7 @@ def test_two_processes_train_to_the_one_process_parameters(tmp_path):
     outs = [p.communicate(timeout=600) for p in [single, *procs]]
     for p, (out, err) in zip([single, *procs], outs):
         assert p.returncode == 0, err[-3000:]
-    assert "on 2 device(s) in 2 process(es)" in outs[1][0]
+    assert "on 2 cpu device(s) in 2 process(es)" in outs[1][0]
     assert "test_bpd=" in outs[1][0] and "test_bpd=" not in outs[2][0] and "vdm:" not in outs[2][0]  # process 0 reports
     assert json.loads((tmp_path / "multi" / "results.json").read_text())["step"] == 3
     rows = (tmp_path / "multi" / "metrics.jsonl").read_text().splitlines()

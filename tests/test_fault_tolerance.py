@@ -15,12 +15,15 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import LIGHT_EVAL  # what these tests check happens in training: the cheapest final evaluation
+
 from vdm import checkpoint, data, run
-from vdm.config_validation import load_config_file
+from vdm.config_validation import apply_overrides, load_config_file
 from vdm.errors import PREEMPTED_EXIT_CODE, NonFiniteLoss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OVERRIDES = ["--config.checkpoint.every_steps=2", "--config.checkpoint.max_to_keep=10"]
+OVERRIDES = ["--config.checkpoint.every_steps=2", "--config.checkpoint.max_to_keep=10",
+             *[f"--config.{k}={v}" for k, v in LIGHT_EVAL.items()]]
 
 
 def _command(workdir):
@@ -73,6 +76,7 @@ def _assert_same(state, reference):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_kill_9_mid_run_then_rerun_gives_the_uninterrupted_parameters(tmp_path, reference):
     workdir = tmp_path / "run"
     proc = _start(workdir)
@@ -87,6 +91,7 @@ def test_kill_9_mid_run_then_rerun_gives_the_uninterrupted_parameters(tmp_path, 
     _assert_same(_final_state(workdir), reference)
 
 
+@pytest.mark.slow
 def test_kill_inside_a_save_never_restores_the_half_written_checkpoint(tmp_path, reference):
     workdir = tmp_path / "run"
     code, _, _ = _run(workdir, VDM_TEST_KILL_IN_SAVE="4")
@@ -100,6 +105,7 @@ def test_kill_inside_a_save_never_restores_the_half_written_checkpoint(tmp_path,
     _assert_same(_final_state(workdir), reference)
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_exits_75_then_the_rerun_finishes(tmp_path, reference):
     workdir = tmp_path / "run"
     proc = _start(workdir)
@@ -136,7 +142,7 @@ def _nan_at_step(monkeypatch, bad_step):
 
 
 def _tiny(on_nonfinite):
-    config = load_config_file(os.path.join(ROOT, "configs", "tiny.py"))
+    config = apply_overrides(load_config_file(os.path.join(ROOT, "configs", "tiny.py")), LIGHT_EVAL)
     config.checkpoint.every_steps = 2
     config.training.on_nonfinite = on_nonfinite
     return config

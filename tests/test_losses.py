@@ -246,3 +246,23 @@ def test_windowed_decoder_equals_the_full_one(vocab, gamma_0):
     g_win = jax.jit(jax.grad(lambda z, g: jnp.sum(windowed(z, g)), argnums=(0, 1)))(z_0, g0)
     for a, b in zip(g_win, g_full):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(b))))
+
+
+def test_elbo_terms_call_the_network_once_and_give_l_simple_of_that_call():
+    """L_simple comes from the diffusion term's own evaluation: one network call, the same (t, eps) draw."""
+    calls = []
+
+    def eps_hat_fn(z, gamma):
+        calls.append(z.shape)
+        return 0.3 * z
+
+    gamma_fn = lambda t: -6.0 + 10.0 * t  # noqa: E731
+    x_int = jnp.asarray(np.random.default_rng(0).integers(0, 17, (4, 3, 3, 1)))
+    key = jax.random.key(5)
+    terms = L.elbo_terms(x_int, key, eps_hat_fn, gamma_fn, 17)
+    assert len(calls) == 1
+    key_t, _, key_eps = jax.random.split(key, 3)
+    x = L.scale_data(x_int, 17)
+    simple = L.simple_loss(x, jax.random.normal(key_eps, x.shape), L.low_discrepancy_times(key_t, 4), eps_hat_fn, gamma_fn)
+    np.testing.assert_allclose(terms["eps_mse"], simple, rtol=1e-6)
+    np.testing.assert_allclose(terms["diffusion"], 0.5 * 10.0 * simple * 9, rtol=1e-5)  # L_inf = gamma'/2 * D * mse

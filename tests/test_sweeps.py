@@ -1,4 +1,4 @@
-"""experiments/sweep.py: runs a config's get_sweep() points, skips finished ones, writes the table and a SLURM script."""
+"""python -m experiments.sweep: runs a config's get_sweep() points, skips finished ones, writes the table and a SLURM script."""
 
 import csv
 import os
@@ -15,10 +15,11 @@ CONFIG = "tests/helpers/sweep_config.py"
 
 
 def _sweep(*args):
-    return subprocess.run([sys.executable, "experiments/sweep.py", f"--config={CONFIG}", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "experiments.sweep", f"--config={CONFIG}", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_four_point_sweep_runs_skips_finished_points_and_writes_the_table(tmp_path):
     root = str(tmp_path / "sweep")
     first = _sweep(f"--root={root}", "--parallel=2")
@@ -54,7 +55,9 @@ def test_slurm_script_has_one_task_per_point(tmp_path):
 
 def test_bad_sweep_points_fail_naming_the_key(tmp_path):
     bad = tmp_path / "bad_sweep.py"
-    bad.write_text(f"import sys; sys.path.insert(0, {ROOT!r})\nfrom configs.tiny import get_config\n"
+    tiny = os.path.join(ROOT, "configs", "tiny.py")
+    bad.write_text("from vdm.config_validation import load_config_file\n"
+                   f"def get_config(arg=None):\n    return load_config_file({tiny!r})\n"
                    "def get_sweep(arg=None):\n    return [{'training.sed': 1}]\n")
     with pytest.raises(ConfigError, match="training.sed"):
         sweeps.load_sweep(str(bad))
@@ -67,3 +70,27 @@ def test_point_names_and_stderr():
     assert sweeps.point_name({"a.seed": 1, "b.seed": 2}) == "a.seed=1,b.seed=2"
     mean, se = sweeps.mean_and_stderr([1.0, 2.0, 3.0])
     assert mean == 2.0 and abs(se - 1 / 3**0.5) < 1e-12
+
+
+def test_a_point_whose_workdir_holds_another_config_is_reported_not_skipped(tmp_path):
+    """Same rule as a rerun: a finished point counts only if its config.json is the point's config."""
+    from vdm import outputs
+
+    config_arg = os.path.join(ROOT, CONFIG)
+    points = sweeps.load_sweep(config_arg)[:2]
+    for i, point in enumerate(points):
+        workdir = tmp_path / sweeps.point_name(point)
+        workdir.mkdir()
+        config = sweeps.point_config(config_arg, point)
+        if i == 1:
+            config.model.channels = 16  # the workdir was trained with another config
+        outputs.write_json(str(workdir / "config.json"), {"config": config.to_dict()})
+        outputs.write_json(str(workdir / "results.json"), {"test_bpd": 3.0 + i})
+    lines = []
+    codes = sweeps.run_points(config_arg, points, str(tmp_path), log=lines.append)
+    stale = sweeps.point_name(points[1])
+    assert codes == {stale: 1}  # nothing was started: point 0 is finished, point 1 is stale
+    assert any(f"{stale} NOT RUN" in line and "model.channels = 8 here, 16 in the workdir" in line for line in lines)
+    assert "1 already finished, 0 to run, 1 at a time, 1 stale (not run)" in lines[-1]
+    rows = sweeps.collect(str(tmp_path), points, config_arg=config_arg)
+    assert [r["test_bpd"] for r in rows] == [3.0, None]

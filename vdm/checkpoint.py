@@ -119,7 +119,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         saved = json.load(f)["config"]
     from vdm.config_validation import base_config
 
-    config = base_config()  # keys added to configs/base.py after the run started take their defaults
+    config = base_config()  # keys added to vdm/config_schema.py after the run started take their defaults
     for section, values in saved.items():
         if section in config and isinstance(values, dict):
             config[section].update(values)
@@ -127,6 +127,41 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
             config[section] = values
     config.data.image_shape = tuple(config.data.image_shape)
     return config
+
+
+# Keys that change when or how a run is observed, not what it computes: a rerun may change them freely.
+RERUN_FREE_KEYS = frozenset({
+    "training.max_seconds", "training.log_every", "training.donate_state", "eval.batch_size",
+    "checkpoint.every_steps", "checkpoint.every_minutes", "checkpoint.max_to_keep", "data.data_dir",
+})
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def config_differences(config, stored) -> list[tuple[str, object, object]]:
+    """[(key, value in `config`, value in `stored`)] for every key that changes what a run computes.
+
+    Both are ConfigDicts (`stored` typically `load_config(workdir)`); keys in
+    RERUN_FREE_KEYS are not compared.
+    """
+    new, old = _flat(config.to_dict()), _flat(stored.to_dict())
+    return [(k, new.get(k), old.get(k)) for k in sorted(set(new) | set(old))
+            if k not in RERUN_FREE_KEYS and new.get(k) != old.get(k)]
+
+
+def describe_differences(differences, limit: int = 3) -> str:
+    """'model.channels = 16 here, 8 in the workdir; ...' for the first `limit` differences."""
+    shown = "; ".join(f"{k} = {new!r} here, {old!r} in the workdir" for k, new, old in differences[:limit])
+    more = len(differences) - limit
+    return shown + (f" (and {more} more)" if more > 0 else "")
 
 
 def load_run(workdir: str, step: int | None = None, ema: bool = True):

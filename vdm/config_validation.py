@@ -1,19 +1,25 @@
 """Config loading and validation: a wrong key or value stops the run with one line naming it.
 
-Every config derives from configs/base.py, which defines every key and its type;
-an override may change values, never add keys or change a type.
+Every config derives from the schema `vdm.config_schema.base_config()`, which
+defines every key and its type; an override may change values, never add keys
+or change a type. Config files are plain Python files loaded by path
+(`load_config_file`); one that derives from a sibling file loads it by path
+too, relative to its own `__file__`, so no import path is needed.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
-import sys
+import types
 
 import ml_collections
 
+from vdm import config_schema
+from vdm.datasets import DATASETS
 from vdm.errors import ConfigError  # noqa: F401  (re-exported)
 
+SCHEMA = "vdm/config_schema.py"  # where error messages send the reader
 
 _CHOICES = {
     "model.prediction": ("eps", "x", "v"),
@@ -48,21 +54,25 @@ def _flatten(cfg, prefix=""):
     return out
 
 
-def base_config():
-    from_path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "base.py")
-    return load_config_file(from_path)
+def base_config() -> ml_collections.ConfigDict:
+    """The schema: every key with its default (`vdm.config_schema.base_config`)."""
+    return config_schema.base_config()
 
 
-def load_config_file(path: str, arg: str | None = None):
-    """Imports a config file and calls its get_config(arg)."""
+def load_config_module(path: str) -> types.ModuleType:
+    """Executes a config file as a fresh module (not added to sys.modules) and returns it."""
     if not os.path.exists(path):
         raise ConfigError(f"config file not found: {path}")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-    if root not in sys.path:
-        sys.path.insert(0, root)  # so configs can `from configs import base`
+    path = os.path.abspath(path)
     spec = importlib.util.spec_from_file_location(f"_vdm_config_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def load_config_file(path: str, arg: str | None = None):
+    """Loads a config file and returns its get_config(arg) (get_config() when arg is None)."""
+    module = load_config_module(path)
     return module.get_config(arg) if arg is not None else module.get_config()
 
 
@@ -81,17 +91,24 @@ def validate(config) -> None:
     ref, flat = _flatten(base_config()), _flatten(config)
     for key, value in flat.items():
         if key not in ref:
-            raise ConfigError(f"unknown config key '{key}' (not in configs/base.py)")
+            raise ConfigError(f"unknown config key '{key}' (not in {SCHEMA})")
         if not _same_type(ref[key], value):
             raise ConfigError(
                 f"config key '{key}' must be {type(ref[key]).__name__}, got {type(value).__name__} {value!r}"
             )
     for key in ref:
         if key not in flat:
-            raise ConfigError(f"config key '{key}' is missing (every config derives from configs/base.py)")
+            raise ConfigError(f"config key '{key}' is missing (every config derives from {SCHEMA})")
     for key, choices in _CHOICES.items():
         if flat[key] not in choices:
             raise ConfigError(f"config key '{key}' = {flat[key]!r}; expected one of {list(choices)}")
+    from vdm.sampling import SAMPLERS
+
+    if flat["eval.sampler"] not in SAMPLERS:
+        raise ConfigError(f"config key 'eval.sampler' = {flat['eval.sampler']!r}; expected one of {list(SAMPLERS)}")
+    if flat["data.name"] not in DATASETS:
+        raise ConfigError(f"config key 'data.name' = {flat['data.name']!r} is not a dataset of vdm.datasets.DATASETS; "
+                          f"expected one of {list(DATASETS)}")
     for key in _POSITIVE:
         if not flat[key] > 0:
             raise ConfigError(f"config key '{key}' must be > 0, got {flat[key]!r}")
@@ -138,10 +155,10 @@ def parse_override(config, dotted_key: str, text: str):
     parts = dotted_key.split(".")
     for p in parts[:-1]:
         if p not in node or not isinstance(node[p], ml_collections.ConfigDict):
-            raise ConfigError(f"unknown config key '{dotted_key}'")
+            raise ConfigError(f"unknown config key '{dotted_key}' (not in {SCHEMA})")
         node = node[p]
     if parts[-1] not in node:
-        raise ConfigError(f"unknown config key '{dotted_key}'")
+        raise ConfigError(f"unknown config key '{dotted_key}' (not in {SCHEMA})")
     ref = node[parts[-1]]
     if isinstance(ref, str):
         value = text

@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import fcntl
 import os
+import shlex
 
 import numpy as np
 
@@ -63,9 +64,17 @@ def default_data_dir() -> str:
     return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
 
 
+def _prepare_install_command() -> str:
+    """How to install what `tfds build` needs: this checkout's tfds-prepare extra, or (installed vdm) its content."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.exists(os.path.join(root, "pyproject.toml")):  # running from a checkout
+        return f"pip install -e {shlex.quote(root + '[tfds-prepare]')}"
+    return "pip install 'tensorflow>=2.16'"  # the tfds-prepare extra of pyproject.toml
+
+
 def prepare_command(name: str, data_dir: str) -> str:
     spec = get_spec(name)
-    return (f"pip install 'vdm[tfds-prepare]' && tfds build {spec.tfds_name} "
+    return (f"{_prepare_install_command()} && tfds build {spec.tfds_name} "
             f"--file_format=array_record --data_dir={data_dir}")
 
 
@@ -171,8 +180,11 @@ def builder(name: str, data_dir: str | None = None):
             with _file_lock(os.path.join(data_dir, f".{cls_name}.lock")):
                 b = _builders()[cls_name](data_dir=data_dir, file_format="array_record", **kwargs)
                 if not b.is_prepared():
+                    from vdm import console
+
                     tfds.disable_progress_bar()
-                    b.download_and_prepare()
+                    with console.silenced_stdout():  # tfds prints "Downloading and preparing ..." for a local build
+                        b.download_and_prepare()
         return b
     b = tfds.builder(spec.tfds_name, data_dir=data_dir)
     if not b.is_prepared():

@@ -99,7 +99,10 @@ def format_report(report: dict) -> str:
 
 
 def main(argv=None) -> int:
-    """python -m vdm.digits_quality WORKDIR: checks WORKDIR/samples.npz, prints the figures and writes sample_check.json."""
+    """python -m vdm.digits_quality WORKDIR: checks WORKDIR/samples.npz, prints the figures, writes sample_check.json.
+
+    Exit code 0 if the samples pass, 1 (with what to try) if they fail, 2 if there are none.
+    """
     import json
     import os
     import sys
@@ -118,7 +121,16 @@ def main(argv=None) -> int:
     with open(os.path.join(args[0], "sample_check.json"), "w") as f:
         json.dump(report, f, indent=2)
     print(format_report(report))
-    return 0
+    grid = os.path.join(args[0], "samples_final.png")
+    if os.path.exists(grid):
+        print(f"samples={os.path.abspath(grid)} (the first 100 of {report['num_samples']})")
+    if passes(report):
+        return 0
+    print(f"vdm: the samples in {args[0]} fail the digit check. Try: train longer "
+          "(--config.training.num_steps=N with a new --workdir), check that the run was not stopped early by "
+          "training.max_seconds (metrics.jsonl, results.json 'step'), or sample with more steps "
+          f"(python -m vdm.main --workdir={args[0]} --config=<its config> --mode=sample --steps=250)", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
-"""Guidance: steer any sampler towards a class (seed 002 §4).
+"""Guidance: steer any sampler towards a class (Ho & Salimans 2022; Dhariwal & Nichol 2021).
 
 Classifier-free (Ho & Salimans 2022): a class-conditional model trained with
 labels replaced by the null label at rate `model.label_dropout` gives both
 ε̂(z, y) and ε̂(z, ∅); the guided denoiser is
 
-    ε̃ = (1 + w) ε̂(z, y) − w ε̂(z, ∅)     (w = 0: the plain conditional model; seed 002's γ = 1 + w).
+    ε̃ = (1 + w) ε̂(z, y) − w ε̂(z, ∅)     (w = 0: the plain conditional model; GLIDE's guidance scale s = 1 + w, Nichol et al. 2021).
 
 Classifier guidance (Dhariwal & Nichol 2021): a classifier p_φ(y | z_t, γ_t)
 trained on noisy data tilts the score, ∇ log p(z | y) = ∇ log p(z) + ∇ log p_φ(y | z):

@@ -30,6 +30,7 @@ __all__ = [
     "bin_centers",
     "low_discrepancy_times",
     "diffusion_loss",
+    "diffusion_loss_and_eps_error",
     "simple_loss",
     "prior_kl",
     "decoder_logits",
@@ -91,16 +92,27 @@ def diffusion_loss(x, eps, t, eps_hat_fn, gamma_fn, num_steps: int = 0, gammas_t
     Returns:
       [B] nats; unbiased for the term's expectation over t ~ U[0, 1), eps.
     """
+    return diffusion_loss_and_eps_error(x, eps, t, eps_hat_fn, gamma_fn, num_steps, gammas_t)[0]
+
+
+def diffusion_loss_and_eps_error(x, eps, t, eps_hat_fn, gamma_fn, num_steps: int = 0, gammas_t=None):
+    """(L [B], ||eps - eps_hat||^2 [B]): `diffusion_loss` and the squared error it weights, one network call.
+
+    Any other weighting of the same error (DDPM's L_simple = error / D) reuses the
+    network evaluation instead of drawing its own z_t.
+    """
     t = jnp.asarray(t, jnp.float32)
     if gammas_t is not None and num_steps:
         raise ValueError("gammas_t is for continuous time (num_steps = 0) only")
     if num_steps == 0:
         gamma, dgamma = gamma_and_derivative(gamma_fn, t) if gammas_t is None else gammas_t
-        return 0.5 * dgamma * _eps_error(x, eps, gamma, eps_hat_fn)
+        error = _eps_error(x, eps, gamma, eps_hat_fn)
+        return 0.5 * dgamma * error, error
     T = num_steps
     t = jnp.maximum(jnp.ceil(t * T), 1.0) / T
     gamma_t, gamma_s = gamma_fn(t), gamma_fn(t - 1.0 / T)
-    return 0.5 * T * jnp.expm1(gamma_t - gamma_s) * _eps_error(x, eps, gamma_t, eps_hat_fn)
+    error = _eps_error(x, eps, gamma_t, eps_hat_fn)
+    return 0.5 * T * jnp.expm1(gamma_t - gamma_s) * error, error
 
 
 def simple_loss(x, eps, t, eps_hat_fn, gamma_fn):
@@ -193,8 +205,9 @@ def elbo_terms(x_int, key, eps_hat_fn, gamma_fn, vocab_size: int, num_steps: int
       gammas_t: optional (gamma(t), gamma'(t)) [B] each, see `diffusion_loss`.
       decoder_window: see `reconstruction_loss` (0: every bin).
     Returns:
-      dict of [B] arrays: 'prior', 'reconstruction', 'diffusion', 'total' (nats) and
-      'bpd', 'bpd_prior', 'bpd_reconstruction', 'bpd_diffusion' (bits per dimension).
+      dict of [B] arrays: 'prior', 'reconstruction', 'diffusion', 'total' (nats),
+      'bpd', 'bpd_prior', 'bpd_reconstruction', 'bpd_diffusion' (bits per dimension) and
+      'eps_mse', mean_i (eps - eps_hat)_i^2 at the diffusion term's draw (L_simple).
     """
     x = scale_data(x_int, vocab_size)
     batch, num_dims = x.shape[0], math.prod(x.shape[1:])
@@ -205,12 +218,13 @@ def elbo_terms(x_int, key, eps_hat_fn, gamma_fn, vocab_size: int, num_steps: int
     gamma_0 = jnp.broadcast_to(gamma_01[0], (batch,))
     gamma_1 = jnp.broadcast_to(gamma_01[1], (batch,))
     z_0 = diffusion.q_sample(x, gamma_0, jax.random.normal(key_0, x.shape))
+    diffusion_term, eps_error = diffusion_loss_and_eps_error(
+        x, jax.random.normal(key_eps, x.shape), t, eps_hat_fn, gamma_fn, num_steps, gammas_t=gammas_t)
     terms = {
         "prior": prior_kl(x, gamma_1),
         "reconstruction": reconstruction_loss(x_int, z_0, gamma_0, vocab_size, decoder_window),
-        "diffusion": diffusion_loss(
-            x, jax.random.normal(key_eps, x.shape), t, eps_hat_fn, gamma_fn, num_steps, gammas_t=gammas_t
-        ),
+        "diffusion": diffusion_term,
+        "eps_mse": eps_error / num_dims,  # DDPM's L_simple at the diffusion term's (t, eps): the same network call
     }
     terms["total"] = terms["prior"] + terms["reconstruction"] + terms["diffusion"]
     for name in ("prior", "reconstruction", "diffusion"):

@@ -3,15 +3,21 @@
                  [--sampler=ancestral|ddim|ode|ode_adaptive|reverse_sde|pc|annealed_langevin --steps=N
                   --guidance=W --label=K]
                  [--distributed | --coordinator_address=HOST:PORT --num_processes=N --process_id=I]
+                 [--verbose]
 
 Thin: the work is in `vdm.run` (train_and_evaluate, evaluate_run, sample_run).
-Training resumes from the workdir's latest checkpoint when there is one.
+Training resumes from the workdir's latest checkpoint when there is one; a workdir
+that holds a run of another config stops with one line naming the differing keys
+(exit 1). eval / sample / likelihood evaluate the model the workdir trained (its
+config.json), with --config's eval keys. The console shows vdm's own lines only;
+--verbose brings back the libraries' logs.
 Errors print one line `vdm: <kind>: <message>`; exit codes are listed in
 `vdm.errors` (0 done, 1 error, 2 config error, 75 preempted and resumable).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import app, flags
@@ -35,6 +41,7 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "jax.distributed.initiali
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-process: HOST:PORT of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show every library log line (absl, tfds, orbax, XLA).")
 
 
 def precheck(argv) -> None:
@@ -62,9 +69,10 @@ def precheck(argv) -> None:
 
 def main(argv):
     del argv
-    from absl import logging
+    if not _VERBOSE.value:
+        from vdm import console
 
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+        console.quiet()
     from vdm import run
 
     if _DISTRIBUTED.value or _COORDINATOR.value:
@@ -77,7 +85,9 @@ def main(argv):
         raise app.UsageError("--workdir is required")
     if _MODE.value == "train":
         run.train_and_evaluate(config, _WORKDIR.value)
-    elif _MODE.value == "eval":
+        return
+    config = run.stored_config(config, _WORKDIR.value)  # the other modes evaluate the model the workdir trained
+    if _MODE.value == "eval":
         run.evaluate_run(config, _WORKDIR.value, _STEP.value)
     elif _MODE.value == "sample":
         run.sample_run(config, _WORKDIR.value, _STEP.value, _SEED.value, _SAMPLER.value, _STEPS.value,
@@ -87,6 +97,8 @@ def main(argv):
 
 
 def cli():
+    if "--verbose" not in sys.argv:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before jax is imported: XLA's C++ INFO / WARNING lines
     try:
         precheck(sys.argv)
     except ConfigError as e:

@@ -107,31 +107,49 @@ class MetricsWriter:
             self._tb.close()
 
 
-def image_grid(images, vocab_size: int, ncols: int | None = None, pad: int = 1) -> np.ndarray:
-    """[N, H, W, C] integers in {0..V-1} -> one uint8 image [rows*(H+pad)+pad, cols*(W+pad)+pad, C]."""
+GRID_MAX_IMAGES = 100  # a grid shows at most 10 x 10 samples; samples.npz keeps them all
+GRID_MIN_PIXELS = 64  # small images are upscaled (nearest neighbour) to at least this many pixels a side
+GRID_SEPARATOR = 2  # pixels between images
+
+
+def image_grid(images, vocab_size: int, ncols: int | None = None, scale: int = 1, pad: int = GRID_SEPARATOR,
+               background: int = 255) -> np.ndarray:
+    """[N, H, W, C] integers in {0..V-1} -> one uint8 picture [rows*(sH+pad)+pad, cols*(sW+pad)+pad, C].
+
+    Each image is scaled to grey levels 0..255, repeated `scale` times along both
+    axes (nearest neighbour), and placed on a `background` canvas `pad` pixels apart.
+    """
     images = np.asarray(images)
     n, h, w, c = images.shape
     ncols = ncols or int(math.ceil(math.sqrt(n)))
     nrows = int(math.ceil(n / ncols))
     scaled = np.round(images.astype(np.float64) * 255.0 / (vocab_size - 1)).astype(np.uint8)
-    grid = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), 128, np.uint8)
+    scaled = scaled.repeat(scale, axis=1).repeat(scale, axis=2)
+    h, w = h * scale, w * scale
+    grid = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), background, np.uint8)
     for i in range(n):
         r, col = divmod(i, ncols)
         grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w] = scaled[i]
     return grid
 
 
-def save_image_grid(images, vocab_size: int, path: str, ncols: int | None = None, upscale: int | None = None):
-    """Saves a PNG grid of integer images; small images are upscaled (nearest) to be visible."""
+def grid_scale(image_shape) -> int:
+    """The nearest-neighbour factor that makes an [H, W, ...] image at least GRID_MIN_PIXELS a side (8x8 -> 8)."""
+    return max(1, math.ceil(GRID_MIN_PIXELS / max(image_shape[0], image_shape[1])))
+
+
+def save_image_grid(images, vocab_size: int, path: str, ncols: int | None = None) -> str:
+    """Saves the first GRID_MAX_IMAGES integer images [N, H, W, C] as one PNG, each upscaled to be seen.
+
+    Returns the path. The picture is at most 10 x 10 images (ncols defaults to
+    ceil(sqrt(n))), each at least GRID_MIN_PIXELS a side, GRID_SEPARATOR pixels apart.
+    """
     from PIL import Image
 
-    grid = image_grid(images, vocab_size, ncols)
-    if upscale is None:
-        upscale = max(1, 512 // max(grid.shape[:2]))
-    img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
-    if upscale > 1:
-        img = img.resize((img.width * upscale, img.height * upscale), Image.NEAREST)
-    img.save(path)
+    images = np.asarray(images)[:GRID_MAX_IMAGES]
+    grid = image_grid(images, vocab_size, ncols, scale=grid_scale(images.shape[1:]))
+    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
+    return path
 
 
 def plot_schedule(gamma_fn, path: str, title: str = ""):

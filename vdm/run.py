@@ -28,7 +28,7 @@ from vdm.errors import ConfigError, NonFiniteLoss, WorkdirError
 from vdm.model import VDM
 from vdm.optim import make_optimizer
 from vdm.preemption import PreemptionGuard
-from vdm.train import create_train_state, evaluate, generate, make_eval_step, make_train_step
+from vdm.train import MC_STDERR_NOTE, STDERR_NOTE, create_train_state, evaluate, generate, make_eval_step, make_train_step
 
 
 def _keys(seed: int):
@@ -68,6 +68,10 @@ class _Run:
         self.main = distributed.is_main_process()
         self.repl = distributed.replicated(self.mesh)
 
+    @functools.cached_property
+    def eval_step(self):
+        return make_eval_step(self.model, self.mesh)
+
     def test_split(self) -> data.Split:
         arrays = Source(self.config.data.name, "test", self.config.data.data_dir or None).to_numpy()
         data.check_values(arrays["images"], self.config.data.vocab_size, f"{self.config.data.name} test split")
@@ -87,7 +91,8 @@ class _Run:
 
     def generate(self, params, key, num_samples=None):
         c = self.config.eval
-        return distributed.to_host(generate(self.model, params, key, num_samples or c.num_samples, c.sampler_steps))
+        return distributed.to_host(generate(self.model, params, key, num_samples or c.num_samples, c.sampler_steps,
+                                            sampler=c.sampler))
 
     def write_pictures(self, params, tag, key, num_samples=None):
         samples = self.generate(params, key, num_samples)
@@ -96,27 +101,46 @@ class _Run:
             outputs.plot_schedule(self.model.gamma_fn(params), os.path.join(self.workdir, f"log_snr_{tag}.png"))
         return samples
 
+    def evaluate(self, params, test, key, num_repeats: int = 1) -> dict:
+        """Test ELBO terms, each under a name that says which likelihood it bounds.
+
+        Unconditional models: 'bpd', its terms and errors (-ELBO of log p(x)).
+        Class-conditional models: the same names with '_conditional' (log p(x | y),
+        true labels), and, if they were trained with label dropout, the plain names
+        for the null label (log p(x)). 'bpd' always means log p(x).
+        """
+        config, model, eval_step = self.config, self.model, self.eval_step
+        if not model.class_conditional:
+            return evaluate(eval_step, params, test, config.eval.batch_size, key, num_repeats, self.mesh)
+        res = evaluate(eval_step, params, test, config.eval.batch_size, key, num_repeats, self.mesh)
+        out = {_conditional_name(k): v for k, v in res.items()}
+        if model.label_dropout > 0:
+            null = data.Split(test.images, np.full_like(test.labels, model.num_classes))
+            out.update(evaluate(eval_step, params, null, config.eval.batch_size, key, num_repeats, self.mesh))
+        return out
+
     def final_evaluation(self, state, test, train_seconds=None):
         """Test bits/dim over the whole split with EMA parameters -> results.json; samples -> PNG + npz."""
         config, model = self.config, self.model
-        eval_step = make_eval_step(model, self.mesh)
-        res = evaluate(eval_step, state.ema_params, test, config.eval.batch_size, self.keys["final"],
-                       config.eval.num_repeats, self.mesh)
+        res = self.evaluate(state.ema_params, test, self.keys["final"], config.eval.num_repeats)
         samples = self.write_pictures(state.ema_params, "final", self.keys["sample"])
         gamma = model.gamma_fn(state.ema_params)(jnp.array([0.0, 1.0]))
         results = {
-            "test_bpd": res["bpd"],
-            "test_bpd_stderr": res["bpd_stderr"],
-            **{f"test_{k}": v for k, v in res.items() if k not in ("bpd", "bpd_stderr")},
+            **{f"test_{k}": v for k, v in res.items()},
+            "bpd_means": ("-ELBO of log p(x | y) in bits/dim ('_conditional'); of log p(x) (null label)"
+                               if model.class_conditional else "-ELBO of log p(x) in bits/dim"),
             "parameters": "EMA parameters (decay %g, warmed up)" % config.optim.ema_decay,
-            "stderr": "Monte-Carlo standard error over %d repeats of the whole test split" % config.eval.num_repeats,
+            "stderr": STDERR_NOTE,
+            "mc_stderr": MC_STDERR_NOTE + " (%d repeats)" % config.eval.num_repeats,
             "num_test_examples": len(test),
             "step": int(distributed.to_host(state.step)),
             "num_parameters": num_parameters(state.params),
             "train_seconds": train_seconds,
             "gamma_0": float(distributed.to_host(gamma)[0]),
             "gamma_1": float(distributed.to_host(gamma)[1]),
-            "samples": "samples_final.png, samples.npz (ancestral, T=%d)" % config.eval.sampler_steps,
+            "samples": "samples_final.png (first %d), samples.npz (all %d; %s, --steps %d)" % (
+                min(outputs.GRID_MAX_IMAGES, config.eval.num_samples), config.eval.num_samples,
+                config.eval.sampler, config.eval.sampler_steps),
         }
         path = os.path.join(self.workdir, "results.json")
         if self.main:
@@ -125,16 +149,53 @@ class _Run:
         return results, path
 
 
+def _conditional_name(key: str) -> str:
+    """'bpd_prior_stderr' -> 'bpd_prior_conditional_stderr' (the suffix goes before the error's name)."""
+    for tail in ("_mc_stderr", "_stderr"):
+        if key.endswith(tail):
+            return key[: -len(tail)] + "_conditional" + tail
+    return key + "_conditional"
+
+
+def result_line(results: dict, path: str) -> str:
+    """The last line a run prints: `test_bpd=<v> results=<path>` (test_bpd_conditional= where only that exists)."""
+    name = "test_bpd" if "test_bpd" in results else "test_bpd_conditional"
+    return f"{name}={results[name]:.4f} results={os.path.abspath(path)}"
+
+
+def check_same_config(config, workdir: str) -> None:
+    """WorkdirError if `workdir` holds a run of a config that computes something else than `config`.
+
+    Keys in `checkpoint.RERUN_FREE_KEYS` (wall-clock cap, logging, checkpoint
+    cadence, eval batch size) may differ. Nothing is written.
+    """
+    if not os.path.exists(os.path.join(workdir, "config.json")):
+        return
+    differences = checkpoint.config_differences(config, checkpoint.load_config(workdir))
+    if differences:
+        raise WorkdirError(
+            f"{workdir} holds a run of another config: {checkpoint.describe_differences(differences)}; nothing "
+            f"was changed. Use a new --workdir, or the config in {os.path.join(workdir, 'config.json')}")
+
+
+def stored_config(config, workdir: str):
+    """For --mode=eval|sample|likelihood: the workdir's own config (the model it trained), with `config`'s eval keys.
+
+    Without a config.json in the workdir, `config` itself.
+    """
+    if not os.path.exists(os.path.join(workdir, "config.json")):
+        return config
+    stored = checkpoint.load_config(workdir)
+    stored.eval = config.eval
+    differences = [d for d in checkpoint.config_differences(config, stored) if not d[0].startswith("eval.")]
+    if differences and distributed.is_main_process():
+        print(f"vdm: using the model of {workdir}/config.json; --config differs in "
+              f"{checkpoint.describe_differences(differences)}", file=sys.stderr, flush=True)
+    return stored
+
+
 def _write_config(run: _Run) -> None:
-    path = os.path.join(run.workdir, "config.json")
-    new = run.config.to_dict()
-    if os.path.exists(path):
-        old = checkpoint.load_config(run.workdir).to_dict()
-        changed = sorted(k for k in new if new[k] != old.get(k))
-        if changed:
-            print(f"vdm: warning: config differs from the one this workdir was started with in {changed}; "
-                  "continuing with the new one", file=sys.stderr, flush=True)
-    outputs.write_json(path, {"config": new, **outputs.run_metadata()})
+    outputs.write_json(os.path.join(run.workdir, "config.json"), {"config": run.config.to_dict(), **outputs.run_metadata()})
 
 
 def _mean_metrics(pending) -> dict:
@@ -152,12 +213,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
     Returns results.json's contents. The last line printed is `test_bpd=<value> results=<path>`.
     """
     check_workdir(workdir)
+    check_same_config(config, workdir)
     results_path = os.path.join(workdir, "results.json")
     if os.path.exists(results_path):
         with open(results_path) as f:
             results = json.load(f)
         print(f"vdm: {workdir} already finished (delete results.json to evaluate again)\n"
-              f"test_bpd={results['test_bpd']:.4f} results={os.path.abspath(results_path)}", flush=True)
+              + result_line(results, results_path), flush=True)
         return results
     run = _Run(config, workdir)
     t, c = config.training, config.checkpoint
@@ -175,12 +237,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
         _write_config(run)
         writer.rewind(step)
         print(f"vdm: {config.data.name} {tuple(config.data.image_shape)} V={config.data.vocab_size}, "
+              f"U-Net {config.model.channels} ch x {config.model.num_blocks} blocks, "
               f"{num_parameters(state.params):,} parameters, {t.num_steps} steps of batch {t.batch_size} "
-              f"on {run.mesh.devices.size} device(s) in {jax.process_count()} process(es)"
+              f"on {run.mesh.devices.size} {jax.default_backend()} device(s) in {jax.process_count()} process(es)"
               + (f"; resumed from step {step}" if resumed is not None else ""), flush=True)
     train_step = make_train_step(run.model, run.tx, run.lr_schedule, config.optim.ema_decay, run.mesh,
                                  donate=config.training.donate_state)
-    eval_step = make_eval_step(run.model, run.mesh)
 
     from tqdm.auto import tqdm
 
@@ -231,12 +293,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 if math.isfinite(means["bpd"]):
                     bar.set_postfix(bpd=f"{means['bpd']:.3f}", g0=f"{means['gamma_0']:.2f}", g1=f"{means['gamma_1']:.2f}")
             if step % t.eval_every == 0 and step < t.num_steps and not out_of_time:
-                res = evaluate(eval_step, state.ema_params, test, config.eval.batch_size,
-                               jax.random.fold_in(run.keys["eval"], step), mesh=run.mesh)
+                res = run.evaluate(state.ema_params, test, jax.random.fold_in(run.keys["eval"], step))
                 writer.write(step, "eval", res)
-                run.write_pictures(state.ema_params, f"step{step}", run.keys["sample"], min(100, config.eval.num_samples))
+                run.write_pictures(state.ema_params, f"step{step}", run.keys["sample"],
+                                   min(outputs.GRID_MAX_IMAGES, config.eval.num_samples))
                 save(step)
-                bar.write(f"step {step}: test bpd {res['bpd']:.4f} ± {res['bpd_stderr']:.4f} (EMA, 1 pass)")
+                name = "bpd" if "bpd" in res else "bpd_conditional"
+                bar.write(f"step {step}: test {name} {res[name]:.4f} ± {res[name + '_stderr']:.4f} (EMA, 1 pass)")
             elif save_due:
                 save(step)
             if stop:
@@ -257,7 +320,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     writer.write(step, "test", {k: v for k, v in results.items() if k.startswith("test_")})
     writer.close()
     if run.main:
-        print(f"test_bpd={results['test_bpd']:.4f} results={os.path.abspath(path)}", flush=True)
+        print(result_line(results, path), flush=True)
     return results
 
 
@@ -267,7 +330,7 @@ def evaluate_run(config, workdir: str, step: int | None = None) -> dict:
     state = run.restore(step)
     results, path = run.final_evaluation(state, run.test_split())
     if run.main:
-        print(f"test_bpd={results['test_bpd']:.4f} results={os.path.abspath(path)}", flush=True)
+        print(result_line(results, path), flush=True)
     return results
 
 
@@ -317,8 +380,10 @@ def likelihood_run(config, workdir: str, step: int | None = None, probe: str = "
     if max_examples:
         test = data.Split(test.images[:max_examples], test.labels[:max_examples])
     params, model = state.ema_params, run.model
-    elbo = evaluate(make_eval_step(model, run.mesh), params, test, config.eval.batch_size, run.keys["final"],
-                    config.eval.num_repeats, run.mesh)
+    elbo = run.evaluate(params, test, run.keys["final"], config.eval.num_repeats)
+    if "bpd" not in elbo:
+        raise ConfigError("--mode=likelihood computes log p(x) through the ODE with the null label, which this "
+                          "class-conditional model never learned (model.label_dropout = 0)")
 
     @functools.partial(jax.jit, static_argnums=2)
     def ode_bpd(x_int, key, dequantization):
@@ -327,7 +392,8 @@ def likelihood_run(config, workdir: str, step: int | None = None, probe: str = "
 
     out = {"elbo_bpd": elbo["bpd"], "elbo_bpd_stderr": elbo["bpd_stderr"], "num_examples": len(test),
            "step": int(distributed.to_host(state.step)), "probe": probe,
-           "elbo": "continuous-time ELBO (%d Monte-Carlo passes), EMA parameters" % config.eval.num_repeats}
+           "elbo": "continuous-time ELBO (%d Monte-Carlo passes), EMA parameters" % config.eval.num_repeats,
+           "stderr": STDERR_NOTE}
     for deq, note in likelihood.DEQUANTIZATIONS.items():
         start, values = time.time(), []
         for b, batch in enumerate(data.eval_batches(test, config.eval.batch_size)):
@@ -341,7 +407,7 @@ def likelihood_run(config, workdir: str, step: int | None = None, probe: str = "
         out[f"ode_{deq}_seconds"] = time.time() - start
     if run.main:
         outputs.write_json(os.path.join(workdir, "likelihood.json"), out)
-        print(f"test bits/dim over {len(test)} examples (standard errors over examples / Monte-Carlo passes):")
+        print(f"test bits/dim of log p(x) over {len(test)} examples (± standard error over examples):")
         print(f"  ELBO                        {out['elbo_bpd']:.4f} ± {out['elbo_bpd_stderr']:.4f}")
         for deq in likelihood.DEQUANTIZATIONS:
             print(f"  ODE, {deq:<11} dequant.  {out[f'ode_bpd_{deq}']:.4f} ± {out[f'ode_bpd_{deq}_stderr']:.4f}"

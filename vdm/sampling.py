@@ -110,6 +110,6 @@ SAMPLER_NOTES = {
     "ode": "probability-flow ODE, Heun, --steps steps (2 evaluations each)",
     "ode_adaptive": "probability-flow ODE, diffrax Tsit5, rtol = atol = 1e-4 (--steps ignored)",
     "reverse_sde": "reverse-time SDE, Euler-Maruyama, --steps steps",
-    "pc": "predictor-corrector: ancestral predictor + 1 Langevin corrector (snr 0.16), --steps steps",
+    "pc": "predictor-corrector: ancestral predictor + 1 Langevin corrector (snr 0.16), --steps steps (2 x steps - 1 network calls)",
     "annealed_langevin": "annealed Langevin, --steps levels x 20 steps, step 0.05 sigma_t^2",
 }

@@ -95,21 +95,26 @@ def reverse_sde_sample(key, eps_hat_fn, gamma_fn, shape, num_steps: int):
     return z
 
 
-def langevin_step(key, eps_hat_fn, z, gamma, step_size):
-    """One Langevin step targeting q(z_t): z + δ ŝ + sqrt(2δ) ξ, ŝ = −ε̂/σ_t; δ [B] per example."""
-    score = -eps_hat_fn(z, gamma) / _sigma(gamma, z)
+def langevin_step(key, eps_hat_fn, z, gamma, step_size, eps=None):
+    """One Langevin step targeting q(z_t): z + δ ŝ + sqrt(2δ) ξ, ŝ = −ε̂/σ_t; δ [B] per example.
+
+    eps: ε̂(z, γ) if the caller has it already (no second network call).
+    """
+    eps = eps_hat_fn(z, gamma) if eps is None else eps
+    score = -eps / _sigma(gamma, z)
     delta = diffusion.expand_gamma(step_size, z)
     return z + delta * score + jnp.sqrt(2 * delta) * jax.random.normal(key, z.shape)
 
 
-def snr_step_size(eps_hat_fn, z, gamma, target_snr: float):
+def snr_step_size(eps_hat_fn, z, gamma, target_snr: float, eps=None):
     """Song et al.'s rule: δ = 2 (r ‖ξ‖ / ‖ŝ‖)², r = target_snr, ‖ŝ‖ = ‖ε̂‖ / σ_t, norms averaged over the batch.
 
     (Per-example norms would let one example whose ε̂ happens to be near 0 take a huge step.)
-    Returns δ [B], the same for every example.
+    eps: ε̂(z, γ) if the caller has it already. Returns δ [B], the same for every example.
     """
+    eps = eps_hat_fn(z, gamma) if eps is None else eps
     axes = tuple(range(1, z.ndim))
-    eps_norm = jnp.mean(jnp.sqrt(jnp.sum(jnp.square(eps_hat_fn(z, gamma)), axes)))
+    eps_norm = jnp.mean(jnp.sqrt(jnp.sum(jnp.square(eps), axes)))
     noise_norm = jnp.sqrt(jnp.asarray(z[0].size, jnp.float32))
     sigma = jnp.sqrt(jax.nn.sigmoid(gamma))
     return 2.0 * jnp.square(target_snr * noise_norm * sigma / jnp.maximum(eps_norm, 1e-12))
@@ -120,44 +125,50 @@ def pc_sample(key, eps_hat_fn, gamma_fn, shape, num_steps: int, corrector_steps:
     """Predictor–corrector: each step a predictor move t -> s then `corrector_steps` Langevin steps at s.
 
     predictor: 'ancestral' (the VDM posterior step) or 'reverse_sde' (Euler–Maruyama).
-    Step sizes follow `snr_step_size`. No corrector after the last predictor step.
+    Step sizes follow `snr_step_size`. No corrector after the last predictor step. Network
+    evaluations: num_steps (1 + corrector_steps) - corrector_steps (one per Langevin step:
+    its step size and its move share the evaluation).
     """
+    if predictor not in ("ancestral", "reverse_sde"):
+        raise ValueError(f"unknown predictor {predictor!r}; expected 'ancestral' or 'reverse_sde'")
     k_init, k_steps = jax.random.split(key)
     z = jax.random.normal(k_init, shape)
     ts = _time_grid(num_steps)
     batch = shape[0]
 
-    def step(z, i):
-        k_pred, k_corr = jax.random.split(jax.random.fold_in(k_steps, i))
+    def predict(z, i, key):
         t, s = ts[i], ts[i + 1]
         gamma_t, dgamma_t = _gamma_dgamma(gamma_fn, t, batch)
         gamma_s = gamma_fn(jnp.full((batch,), s, jnp.float32))
         eps = eps_hat_fn(z, gamma_t)
-        noise = jax.random.normal(k_pred, shape)
+        noise = jax.random.normal(key, shape)
         if predictor == "ancestral":
             mean, var = diffusion.posterior_from_eps(z, eps, gamma_s, gamma_t)
-            z = mean + jnp.sqrt(var) * noise
-        elif predictor == "reverse_sde":
-            sigma, dg = _sigma(gamma_t, z), diffusion.expand_gamma(dgamma_t, z)
-            dt = t - s
-            z = z - dt * (-0.5 * dg * sigma**2 * z + dg * sigma * eps) + jnp.sqrt(dg * sigma**2 * dt) * noise
-        else:
-            raise ValueError(f"unknown predictor {predictor!r}; expected 'ancestral' or 'reverse_sde'")
+            return mean + jnp.sqrt(var) * noise, gamma_s
+        sigma, dg = _sigma(gamma_t, z), diffusion.expand_gamma(dgamma_t, z)
+        dt = t - s
+        return z - dt * (-0.5 * dg * sigma**2 * z + dg * sigma * eps) + jnp.sqrt(dg * sigma**2 * dt) * noise, gamma_s
+
+    def step(z, i):
+        k_pred, k_corr = jax.random.split(jax.random.fold_in(k_steps, i))
+        z, gamma_s = predict(z, i, k_pred)
 
         def correct(z, j):
-            delta = snr_step_size(eps_hat_fn, z, gamma_s, target_snr)
-            return langevin_step(jax.random.fold_in(k_corr, j), eps_hat_fn, z, gamma_s, delta), None
+            eps = eps_hat_fn(z, gamma_s)
+            delta = snr_step_size(eps_hat_fn, z, gamma_s, target_snr, eps=eps)
+            return langevin_step(jax.random.fold_in(k_corr, j), eps_hat_fn, z, gamma_s, delta, eps=eps), None
 
-        z_corrected, _ = jax.lax.scan(correct, z, jnp.arange(corrector_steps))
-        return jnp.where(i == num_steps - 1, z, z_corrected), None
+        z, _ = jax.lax.scan(correct, z, jnp.arange(corrector_steps))
+        return z, None
 
-    z, _ = jax.lax.scan(step, z, jnp.arange(num_steps))
-    return z
+    z, _ = jax.lax.scan(step, z, jnp.arange(num_steps - 1))
+    last = num_steps - 1
+    return predict(z, last, jax.random.split(jax.random.fold_in(k_steps, last))[0])[0]
 
 
 def annealed_langevin_sample(key, eps_hat_fn, gamma_fn, shape, num_levels: int, steps_per_level: int = 20,
                              step_scale: float = 0.05):
-    """Annealed Langevin dynamics (seed 002 §3, Song & Ermon 2019) on the levels t_i = i / L, i = L .. 1, then 0.
+    """Annealed Langevin dynamics (Song & Ermon 2019) on the levels t_i = i / L, i = L .. 1, then 0.
 
     At each level, `steps_per_level` Langevin steps target q(z_{t_i}) with step
     δ_i = step_scale · σ²_{t_i} (the step shrinks with the noise level, as α_i ∝ σ_i²

@@ -22,22 +22,18 @@ import subprocess
 import sys
 import time
 
-from vdm.config_validation import ConfigError, apply_overrides, load_config_file
+from vdm.config_validation import ConfigError, apply_overrides, load_config_file, load_config_module
 
 __all__ = ["load_sweep", "point_name", "run_points", "collect", "write_table", "slurm_script", "mean_and_stderr"]
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout (pip install -e) or site-packages
 
 
 def load_sweep(config_arg: str) -> list[dict]:
     """The points of `get_sweep(variant)` in the config file `path[:variant]`, each checked against the config."""
-    import importlib.util
-
     path, _, variant = config_arg.partition(":")
-    base = load_config_file(path, variant or None)  # also puts the configs package on sys.path
-    spec = importlib.util.spec_from_file_location(f"_vdm_sweep_{abs(hash(path))}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    base = load_config_file(path, variant or None)
+    module = load_config_module(path)
     if not hasattr(module, "get_sweep"):
         raise ConfigError(f"{path} defines no get_sweep(); a sweep config returns a list of override dicts")
     points = module.get_sweep(variant or None)
@@ -75,6 +71,22 @@ def command(config_arg: str, root: str, point: dict, python: str = sys.executabl
     return [python, "-m", "vdm.main", f"--config={config_arg}", f"--workdir={workdir}", *_override_args(point)]
 
 
+def point_config(config_arg: str, point: dict):
+    """The resolved config a point runs: the config file `path[:variant]` with the point's overrides."""
+    path, _, variant = config_arg.partition(":")
+    return apply_overrides(load_config_file(path, variant or None), point)
+
+
+def stale_differences(config_arg: str, root: str, point: dict) -> list:
+    """`checkpoint.config_differences` between the point's config and its workdir's config.json ([]: none there)."""
+    from vdm import checkpoint
+
+    workdir = os.path.join(root, point_name(point))
+    if not os.path.exists(os.path.join(workdir, "config.json")):
+        return []
+    return checkpoint.config_differences(point_config(config_arg, point), checkpoint.load_config(workdir))
+
+
 def is_finished(root: str, point: dict) -> bool:
     return os.path.exists(os.path.join(root, point_name(point), "results.json"))
 
@@ -83,16 +95,28 @@ def run_points(config_arg: str, points: list[dict], root: str, parallel: int = 1
                log=print) -> dict:
     """Runs the unfinished points, `parallel` at a time; returns {name: exit code} of those run.
 
+    A point whose workdir holds a run of another config (`stale_differences`) is not
+    run and not counted as finished: it is logged and gets exit code 1.
+
     Each point's output goes to <root>/<name>/sweep.log. Progress is logged one
     line per start and finish.
     """
+    from vdm import checkpoint
+
     os.makedirs(root, exist_ok=True)
-    todo = [p for p in points if not is_finished(root, p)]
-    skipped = len(points) - len(todo)
-    log(f"sweep: {len(points)} points, {skipped} already finished, {len(todo)} to run, {parallel} at a time")
-    running, codes = {}, {}
-    environment = {**os.environ, **(env or {})}
-    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, environment.get("PYTHONPATH")]))
+    running, codes, todo = {}, {}, []
+    for p in points:  # a workdir answers only for the config it was trained with (the rule of vdm.run)
+        differences = stale_differences(config_arg, root, p)
+        if differences:
+            codes[point_name(p)] = 1
+            log(f"sweep: {point_name(p)} NOT RUN: {os.path.join(root, point_name(p))} holds a run of another config: "
+                f"{checkpoint.describe_differences(differences)}; delete it or use another --root")
+        elif not is_finished(root, p):
+            todo.append(p)
+    skipped = len(points) - len(todo) - len(codes)
+    log(f"sweep: {len(points)} points, {skipped} already finished, {len(todo)} to run, {parallel} at a time"
+        + (f", {len(codes)} stale (not run)" if codes else ""))
+    environment = {**os.environ, **(env or {})}  # children import the installed vdm (pip install -e . or a wheel)
     done = 0
     while todo or running:
         while todo and len(running) < parallel:
@@ -126,11 +150,16 @@ def _read_results(workdir: str):
         return json.load(f)
 
 
-def collect(root: str, points: list[dict], fields=("test_bpd", "test_bpd_stderr", "step", "train_seconds")) -> list[dict]:
-    """One row per point: its overrides, then `fields` of its results.json (None where unfinished)."""
+def collect(root: str, points: list[dict], fields=("test_bpd", "test_bpd_stderr", "step", "train_seconds"),
+            config_arg: str | None = None) -> list[dict]:
+    """One row per point: its overrides, then `fields` of its results.json (None where unfinished).
+
+    With `config_arg`, a point whose workdir holds a run of another config gets None too.
+    """
     rows = []
     for point in points:
-        result = _read_results(os.path.join(root, point_name(point))) or {}
+        stale = config_arg is not None and stale_differences(config_arg, root, point)
+        result = {} if stale else _read_results(os.path.join(root, point_name(point))) or {}
         rows.append({**point, **{f: result.get(f) for f in fields}})
     return rows
 

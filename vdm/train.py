@@ -112,12 +112,19 @@ def make_eval_step(model: VDM, mesh=None):
     return jax.jit(eval_step, in_shardings=(repl, batch, repl), out_shardings=batch)
 
 
+STDERR_NOTE = "standard error of the mean over test examples (each example's value averaged over the repeats)"
+MC_STDERR_NOTE = "Monte-Carlo standard error: std over repeats of the split mean / sqrt(repeats)"
+
+
 def evaluate(eval_step, params, split, batch_size: int, key, num_repeats: int = 1, mesh=None):
     """ELBO over a whole split, `num_repeats` Monte-Carlo passes.
 
-    Returns {name: mean over examples and repeats} plus '<name>_stderr': the
-    Monte-Carlo standard error of that mean (std over repeats of the split
-    mean / sqrt(repeats), or, for one repeat, the std over examples / sqrt(N)).
+    Returns {name: mean over examples and repeats} and, for every name, two errors
+    with one meaning each (see STDERR_NOTE, MC_STDERR_NOTE):
+    '<name>_stderr': std over examples of the per-example mean / sqrt(N), the error
+    of the split mean as an estimate for the data distribution (any num_repeats);
+    '<name>_mc_stderr' (num_repeats > 1 only): the Monte-Carlo error of the mean over
+    this split, std over repeats of the split mean / sqrt(num_repeats).
     With a `mesh`, every process holds the split and feeds its part of each batch.
     """
     from vdm.data import eval_batches, local_part
@@ -143,10 +150,9 @@ def evaluate(eval_step, params, split, batch_size: int, key, num_repeats: int = 
     out = {}
     for name in TERM_NAMES:
         out[name] = float(np.mean(per_repeat[name]))
+        out[name + "_stderr"] = float(np.std(per_example[name], ddof=1) / np.sqrt(len(split)))
         if num_repeats > 1:
-            out[name + "_stderr"] = float(np.std(per_repeat[name], ddof=1) / np.sqrt(num_repeats))
-        else:
-            out[name + "_stderr"] = float(np.std(per_example[name], ddof=1) / np.sqrt(len(split)))
+            out[name + "_mc_stderr"] = float(np.std(per_repeat[name], ddof=1) / np.sqrt(num_repeats))
     return out
 
 

@@ -5,18 +5,17 @@ Prints one JSON line of maximum relative differences (read by tests/test_distrib
 
 import json
 import os
-import sys
 
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from vdm import data, distributed, optim
+from vdm.config_validation import load_config_file
+from vdm.errors import DataError
+from vdm.model import VDM
+from vdm.train import create_train_state, make_train_step
 
-from vdm import data, distributed, optim  # noqa: E402
-from vdm.config_validation import load_config_file  # noqa: E402
-from vdm.errors import DataError  # noqa: E402
-from vdm.model import VDM  # noqa: E402
-from vdm.train import create_train_state, make_train_step  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def max_rel(a, b):
@@ -34,7 +33,7 @@ def max_rel(a, b):
 
 def main():
     assert jax.device_count() == 4, jax.devices()
-    config = load_config_file("configs/tiny.py")
+    config = load_config_file(os.path.join(ROOT, "configs", "tiny.py"))
     config.model.dropout = 0.1  # exercise sharded dropout randomness too
     model = VDM.from_config(config)
     mesh = distributed.data_mesh()

@@ -1,10 +1,12 @@
 """A 4-point sweep of configs/tiny.py made as short as possible: for tests/test_sweeps.py."""
 
-from configs import tiny
+import os
+
+from vdm.config_validation import load_config_file
 
 
 def get_config(arg=None):
-    c = tiny.get_config()
+    c = load_config_file(os.path.join(os.path.dirname(__file__), "..", "..", "configs", "tiny.py"))
     c.training.num_steps = 2
     c.training.log_every = 2
     c.training.eval_every = 2

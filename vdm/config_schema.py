@@ -1,17 +1,21 @@
-"""Base configuration: every key any vdm run reads, with the paper's defaults.
+"""The config schema: every key any vdm run reads, with its type and the paper's default.
 
-Experiment configs import this and override a few values; they never add keys
-(`vdm.config_validation` rejects unknown keys by name).
+`base_config()` returns it. Config files (configs/*.py) start from it and
+override a few values; they never add keys (`vdm.config_validation.validate`
+rejects unknown keys by name, and a value of another type).
 """
+
+from __future__ import annotations
 
 import ml_collections
 
 
-def get_config(arg=None):
+def base_config() -> ml_collections.ConfigDict:
+    """A fresh ConfigDict of every key with its default."""
     c = ml_collections.ConfigDict()
 
     c.data = ml_collections.ConfigDict()
-    c.data.name = "digits"
+    c.data.name = "digits"  # a key of vdm.datasets.DATASETS
     c.data.image_shape = (8, 8, 1)  # H, W, C
     c.data.vocab_size = 17  # V: pixel values are 0..V-1
     c.data.num_classes = 10
@@ -87,6 +91,7 @@ def get_config(arg=None):
     c.eval.batch_size = 256
     c.eval.num_repeats = 4  # Monte-Carlo repeats over the whole test split for results.json
     c.eval.num_samples = 100  # final samples (samples_final.png, samples.npz); grids during training show <= 100
+    c.eval.sampler = "ancestral"  # the sampler of the final samples and the grids during training (vdm.sampling.SAMPLERS)
     c.eval.sampler_steps = 1000
 
     return c
