@@ -113,11 +113,12 @@ GRID_SEPARATOR = 2  # pixels between images
 
 
 def image_grid(images, vocab_size: int, ncols: int | None = None, scale: int = 1, pad: int = GRID_SEPARATOR,
-               background: int = 255) -> np.ndarray:
+               background: int = 128) -> np.ndarray:
     """[N, H, W, C] integers in {0..V-1} -> one uint8 picture [rows*(sH+pad)+pad, cols*(sW+pad)+pad, C].
 
     Each image is scaled to grey levels 0..255, repeated `scale` times along both
-    axes (nearest neighbour), and placed on a `background` canvas `pad` pixels apart.
+    axes (nearest neighbour), and placed on a `background` canvas `pad` pixels apart (mid grey:
+    distinct from both black background and white strokes of the images).
     """
     images = np.asarray(images)
     n, h, w, c = images.shape
