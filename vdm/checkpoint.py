@@ -136,23 +136,18 @@ RERUN_FREE_KEYS = frozenset({
 })
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
-    return out
-
-
 def config_differences(config, stored) -> list[tuple[str, object, object]]:
     """[(key, value in `config`, value in `stored`)] for every key that changes what a run computes.
 
     Both are ConfigDicts (`stored` typically `load_config(workdir)`); keys in
     RERUN_FREE_KEYS are not compared.
     """
-    new, old = _flat(config.to_dict()), _flat(stored.to_dict())
+    from vdm.config_validation import flatten
+
+    def flat(c):  # tuples as lists: a config read back from config.json has lists
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in flatten(c).items()}
+
+    new, old = flat(config), flat(stored)
     return [(k, new.get(k), old.get(k)) for k in sorted(set(new) | set(old))
             if k not in RERUN_FREE_KEYS and new.get(k) != old.get(k)]
 

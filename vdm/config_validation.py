@@ -43,12 +43,13 @@ _NON_NEGATIVE = (
 _FRACTIONS = ("model.dropout", "model.label_dropout", "optim.b1", "optim.b2", "optim.ema_decay")
 
 
-def _flatten(cfg, prefix=""):
+def flatten(cfg, prefix="") -> dict:
+    """{"a.b": value} for every leaf of a ConfigDict."""
     out = {}
     for k, v in cfg.items():
         key = f"{prefix}{k}"
         if isinstance(v, ml_collections.ConfigDict):
-            out.update(_flatten(v, key + "."))
+            out.update(flatten(v, key + "."))
         else:
             out[key] = v
     return out
@@ -88,7 +89,7 @@ def _same_type(ref, value):
 
 def validate(config) -> None:
     """Raises ConfigError with a one-line message naming the first bad key."""
-    ref, flat = _flatten(base_config()), _flatten(config)
+    ref, flat = flatten(base_config()), flatten(config)
     for key, value in flat.items():
         if key not in ref:
             raise ConfigError(f"unknown config key '{key}' (not in {SCHEMA})")

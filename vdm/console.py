@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 
 # Substrings of library log messages that describe expected events, not problems.
 EXPECTED_MESSAGES = (
@@ -38,8 +37,10 @@ _FILTER = _DropExpected()
 
 
 def quiet() -> None:
-    """Drops the EXPECTED_MESSAGES from every logger and handler, and library INFO logs. Idempotent."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # XLA / TSL C++ INFO and WARNING lines
+    """Drops the EXPECTED_MESSAGES from every logger and handler, and library INFO logs. Idempotent.
+
+    (XLA's C++ log level, TF_CPP_MIN_LOG_LEVEL, must be set before jax is imported: `vdm.main.cli` does.)
+    """
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
@@ -55,10 +56,7 @@ def quiet() -> None:
 
 
 @contextlib.contextmanager
-def silenced_stdout(enabled: bool = True):
+def silenced_stdout():
     """Swallows what a library prints to stdout inside the block (tfds announces a build with print)."""
-    if not enabled:
-        yield
-        return
     with contextlib.redirect_stdout(io.StringIO()):
         yield

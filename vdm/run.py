@@ -109,14 +109,17 @@ class _Run:
         true labels), and, if they were trained with label dropout, the plain names
         for the null label (log p(x)). 'bpd' always means log p(x).
         """
-        config, model, eval_step = self.config, self.model, self.eval_step
+        model = self.model
+
+        def on(split):
+            return evaluate(self.eval_step, params, split, self.config.eval.batch_size, key, num_repeats, self.mesh)
+
+        res = on(test)
         if not model.class_conditional:
-            return evaluate(eval_step, params, test, config.eval.batch_size, key, num_repeats, self.mesh)
-        res = evaluate(eval_step, params, test, config.eval.batch_size, key, num_repeats, self.mesh)
+            return res
         out = {_conditional_name(k): v for k, v in res.items()}
         if model.label_dropout > 0:
-            null = data.Split(test.images, np.full_like(test.labels, model.num_classes))
-            out.update(evaluate(eval_step, params, null, config.eval.batch_size, key, num_repeats, self.mesh))
+            out.update(on(data.Split(test.images, np.full_like(test.labels, model.num_classes))))
         return out
 
     def final_evaluation(self, state, test, train_seconds=None):
