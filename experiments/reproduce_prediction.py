@@ -1,4 +1,4 @@
-"""eps vs x vs v prediction under the same continuous-time ELBO (the parameterizations of vdm.diffusion).
+"""eps vs x vs v prediction under the same continuous-time ELBO (the parameterizations of vdm.core.diffusion).
 
 Run (2 cores, ~9 min; finished points are skipped):
   python -m experiments.reproduce_prediction

@@ -9,7 +9,7 @@ Eq. 16). Keeping the trained endpoints, this evaluates L_inf under
 log-SNR-linear, beta-linear, alpha-cosine and two monotone-net schedules
 trained here with the network frozen: one on the ELBO alone (the interior's
 expected gradient is zero, so it only drifts), one on the variance of the loss
-(`vdm.losses.variance_minimizing_value_and_grad`). Each is evaluated with
+(`vdm.core.losses.variance_minimizing_value_and_grad`). Each is evaluated with
 independent uniform t on every test example, R times, giving the mean (equal
 within Monte-Carlo error, if the invariance holds) and the per-example
 variance of the estimate (what the schedule changes).
@@ -30,7 +30,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from experiments import repro_common as rc  # noqa: E402
-from vdm import checkpoint, data, schedules  # noqa: E402
+from vdm import checkpoint, data  # noqa: E402
+from vdm.core import schedules  # noqa: E402
 
 FIXED = {"log-SNR linear": schedules.FixedLinear, "β-linear": schedules.BetaLinear,
          "α-cosine": schedules.AlphaCosine}

@@ -5,7 +5,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 
-from vdm import diffusion as D
+from vdm.core import diffusion as D
 
 GAMMA_PAIRS = [(-13.3, -13.0), (-5.0, -2.0), (-1.0, 0.5), (0.0, 4.9), (3.0, 5.0), (-30.0, 30.0), (10.0, 10.5)]
 

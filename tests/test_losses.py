@@ -7,9 +7,9 @@ import pytest
 import jax
 import jax.numpy as jnp
 
-from vdm import diffusion as D
-from vdm import losses as L
-from vdm import schedules as S
+from vdm.core import diffusion as D
+from vdm.core import losses as L
+from vdm.core import schedules as S
 
 G0, G1 = -13.3, 5.0
 DIM, SCALE = 4, 0.5  # x ~ N(0, SCALE^2 I_DIM)

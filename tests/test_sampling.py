@@ -4,8 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdm import diffusion as D
-from vdm import sampling, schedules
+from vdm.core import diffusion as D
+from vdm import sampling
+from vdm.core import schedules
 
 MODES = (-0.5, 0.5)  # x uniform on two points
 

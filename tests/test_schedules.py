@@ -5,7 +5,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 
-from vdm import schedules as S
+from vdm.core import schedules as S
 
 G0, G1 = -13.3, 5.0
 ALL = ["fixed_linear", "learned_linear", "monotone_net", "beta_linear", "alpha_cosine"]

@@ -14,8 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vdm import likelihood, mixture, sampling, schedules, sde
-from vdm import diffusion as D
+from vdm import likelihood, mixture, sampling, sde
+from vdm.core import schedules
+from vdm.core import diffusion as D
 
 MIX = mixture.three_blobs()
 SCHEDULE = schedules.FixedLinear(-10.0, 10.0)

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vdm import diffusion, losses
+from vdm.core import diffusion, losses
 from vdm.nets.layers import timestep_embedding
 
 

@@ -24,7 +24,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from vdm import diffusion, losses, sde
+from vdm import sde
+from vdm.core import diffusion, losses
 
 
 def standard_normal_log_prob(z):

@@ -1,4 +1,4 @@
-"""Thin glue: score network + schedule + discretised decoder -> the ELBO of `vdm.losses`.
+"""Thin glue: score network + schedule + discretised decoder -> the ELBO of `vdm.core.losses`.
 
 Parameters are one pytree ``{"net": ..., "schedule": ...}``; the schedule's own
 tree is ``{"endpoints": ..., "interior": ...}`` for learned schedules (empty for
@@ -14,7 +14,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from vdm import diffusion, losses, prng, schedules
+from vdm import prng
+from vdm.core import diffusion, losses, schedules
 from vdm.nets import ScoreUNet
 
 
@@ -119,7 +120,7 @@ class VDM:
         return labels
 
     def elbo_terms(self, params, batch, key, train=False, t=None, gammas_t=None):
-        """Per-example ELBO terms (nats and bits/dim), see `vdm.losses.elbo_terms`."""
+        """Per-example ELBO terms (nats and bits/dim), see `vdm.core.losses.elbo_terms`."""
         k_elbo, k_drop, k_label = jax.random.split(key, 3)
         eps_hat_fn = self.eps_hat_fn(
             params, self._labels(batch, k_label, train), batch.get("cond"), k_drop if train else None
@@ -139,7 +140,7 @@ class VDM:
 
         With interior_objective = 'variance' (monotone_net, continuous-time ELBO),
         the schedule's interior parameters get d/d eta mean(bpd_diffusion_i^2)
-        instead (`vdm.losses.variance_minimizing_value_and_grad`); everything
+        instead (`vdm.core.losses.variance_minimizing_value_and_grad`); everything
         else gets the ELBO gradient as usual.
         """
         if self.interior_objective == "elbo":

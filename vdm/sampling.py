@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from vdm import diffusion, losses
+from vdm.core import diffusion, losses
 
 
 def _step_gammas(gamma_fn, i, num_steps: int, batch: int):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from vdm import diffusion, schedules
+from vdm.core import diffusion, schedules
 
 
 def _gamma_dgamma(gamma_fn, t, batch: int):

@@ -11,7 +11,7 @@ samplers take, and gamma'(t) comes from `gamma_and_derivative` (a `jax.jvp`).
 Learned schedules keep their parameters in two groups,
 ``{"endpoints": {...}, "interior": {...}}``: the endpoints gamma_0, gamma_1 train
 on the ELBO; the interior shape (monotone network) may instead train on the
-variance of the loss (paper appendix; see `vdm.losses`).
+variance of the loss (paper appendix; see `vdm.core.losses`).
 
 Families (all with finite endpoints gamma(0) = gamma_0, gamma(1) = gamma_1):
   * `FixedLinear`      gamma_0 + (gamma_1 - gamma_0) t

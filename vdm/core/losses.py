@@ -22,8 +22,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from vdm import diffusion
-from vdm.schedules import gamma_and_derivative
+from vdm.core import diffusion
+from vdm.core.schedules import gamma_and_derivative
 
 __all__ = [
     "scale_data",
