@@ -28,7 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdm import checkpoint, data, digits_quality, guidance, outputs, run, sampling
+from vdm import checkpoint, digits_quality, guidance, outputs, run, sampling
+from vdm.data import pipeline as data
 from vdm.config_validation import load_config_file
 
 

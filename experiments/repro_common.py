@@ -65,7 +65,8 @@ def reevaluate(rows, points, root, repeats: int):
     """
     import jax
 
-    from vdm import checkpoint, data
+    from vdm import checkpoint
+    from vdm.data import pipeline as data
     from vdm.train import evaluate, make_eval_step
 
     splits = {}

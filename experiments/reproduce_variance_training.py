@@ -26,7 +26,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from experiments import repro_common as rc  # noqa: E402
-from vdm import checkpoint, data, sweeps  # noqa: E402
+from vdm import checkpoint, sweeps  # noqa: E402
+from vdm.data import pipeline as data
 
 
 def train_curve(workdir):

@@ -9,7 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from vdm import checkpoint, data, optim, run
+from vdm import checkpoint, optim, run
+from vdm.data import pipeline as data
 from vdm.config_validation import load_config_file
 from vdm.errors import CheckpointError, WorkdirError
 from vdm.model import VDM

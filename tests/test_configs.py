@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from vdm import data, datasets
+from vdm.data import datasets, pipeline as data
 from vdm.config_validation import ConfigError, apply_overrides, load_config_file, load_config_module, validate
 from vdm.model import VDM
 from vdm.optim import make_optimizer
@@ -40,7 +40,7 @@ def _cases():
 
 
 def _batch_shapes(config) -> dict:
-    """Abstract train batches as vdm.data.TrainIterator delivers them: leaves [K, B, ...]."""
+    """Abstract train batches as vdm.data.pipeline.TrainIterator delivers them: leaves [K, B, ...]."""
     k, b = config.training.steps_per_call, config.training.batch_size
     batches = {"images": jax.ShapeDtypeStruct((k, b, *config.data.image_shape), jnp.uint8),
                "labels": jax.ShapeDtypeStruct((k, b), jnp.int32)}

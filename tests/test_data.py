@@ -6,7 +6,8 @@ import types
 import numpy as np
 import pytest
 
-from vdm import data, datasets, distributed
+from vdm import distributed
+from vdm.data import datasets, pipeline as data
 from vdm.config_validation import load_config_file
 from vdm.errors import DataError, DatasetNotPrepared
 

@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from vdm import data, digits_quality
+from vdm import digits_quality
+from vdm.data import pipeline as data
 
 
 def test_real_digits_pass_copies_and_noise_fail():

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vdm import data, guidance
+from vdm import guidance
+from vdm.data import pipeline as data
 from vdm.config_validation import load_config_file
 from vdm.model import VDM
 

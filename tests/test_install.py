@@ -68,7 +68,7 @@ def test_wheel_in_a_fresh_venv_runs_a_config_file_outside_the_checkout(tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}  # no path settings of this process
     env.update(JAX_PLATFORMS="cpu", TFDS_DATA_DIR=str(tmp_path / "tfds"), PYTHONUNBUFFERED="1")
 
-    probe = _run([python, "-c", "import vdm, vdm.datasets as d; print(vdm.__file__); print(d.prepare_command('cifar10', '/d'))"],
+    probe = _run([python, "-c", "import vdm, vdm.data.datasets as d; print(vdm.__file__); print(d.prepare_command('cifar10', '/d'))"],
                  cwd=elsewhere, env=env).stdout.splitlines()
     assert probe[0].startswith(str(tmp_path / "venv")), probe  # the wheel's vdm, not the checkout's
     assert probe[1].startswith("pip install 'tensorflow>=2.16' && tfds build cifar10"), probe  # no checkout to install from

@@ -59,7 +59,7 @@ def test_readme_command_exists_and_parses(command):
         extra = re.search(r"\[(.*)\]", command).group(1)
         assert f"\n{extra} = [" in open(os.path.join(ROOT, "pyproject.toml")).read(), extra
     elif words[:2] == ["tfds", "build"]:
-        from vdm import datasets
+        from vdm.data import datasets
 
         assert words[2] in {spec.tfds_name for spec in datasets.DATASETS.values()}, words[2]
         assert "--file_format=array_record" in words

@@ -8,7 +8,8 @@ import numpy as np
 import optax
 import pytest
 
-from vdm import data, optim
+from vdm import optim
+from vdm.data import pipeline as data
 from vdm.config_validation import load_config_file
 from vdm.model import VDM
 from vdm.train import create_train_state, evaluate, make_eval_step, make_train_step

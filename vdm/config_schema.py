@@ -15,7 +15,7 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
 
     c.data = ml_collections.ConfigDict()
-    c.data.name = "digits"  # a key of vdm.datasets.DATASETS
+    c.data.name = "digits"  # a key of vdm.data.datasets.DATASETS
     c.data.image_shape = (8, 8, 1)  # H, W, C
     c.data.vocab_size = 17  # V: pixel values are 0..V-1
     c.data.num_classes = 10

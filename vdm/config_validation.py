@@ -16,7 +16,7 @@ import types
 import ml_collections
 
 from vdm import config_schema
-from vdm.datasets import DATASETS
+from vdm.data.datasets import DATASETS
 from vdm.errors import ConfigError  # noqa: F401  (re-exported)
 
 SCHEMA = "vdm/config_schema.py"  # where error messages send the reader
@@ -108,7 +108,7 @@ def validate(config) -> None:
     if flat["eval.sampler"] not in SAMPLERS:
         raise ConfigError(f"config key 'eval.sampler' = {flat['eval.sampler']!r}; expected one of {list(SAMPLERS)}")
     if flat["data.name"] not in DATASETS:
-        raise ConfigError(f"config key 'data.name' = {flat['data.name']!r} is not a dataset of vdm.datasets.DATASETS; "
+        raise ConfigError(f"config key 'data.name' = {flat['data.name']!r} is not a dataset of vdm.data.datasets.DATASETS; "
                           f"expected one of {list(DATASETS)}")
     for key in _POSITIVE:
         if not flat[key] > 0:

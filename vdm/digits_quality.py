@@ -48,7 +48,7 @@ def predict_digits(clf, images):
 
 
 def sample_quality(samples, dataset) -> dict:
-    """Figures for integer samples [N, 8, 8, 1] against a digits `vdm.data.Dataset`."""
+    """Figures for integer samples [N, 8, 8, 1] against a digits `vdm.data.pipeline.Dataset`."""
     x_train, x_test, x_s = _flat(dataset.train.images), _flat(dataset.test.images), _flat(samples)
     clf = fit_digit_classifier(dataset)
     p_test = clf.predict_proba(x_test / 16.0)
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     import os
     import sys
 
-    from vdm.data import load_dataset
+    from vdm.data.pipeline import load_dataset
 
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:

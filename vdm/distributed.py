@@ -8,7 +8,7 @@ devices or several hosts.
 
 Multi-host: call `initialize()` first (it wraps `jax.distributed.initialize`;
 with no arguments JAX finds the cluster on TPU pods, SLURM and Kubernetes).
-Each process then feeds its own part of every global batch (`vdm.data`) and
+Each process then feeds its own part of every global batch (`vdm.data.pipeline`) and
 `global_batch` assembles the global array with
 `jax.make_array_from_process_local_data`.
 """

@@ -21,9 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdm import checkpoint, data, distributed, outputs
+from vdm import checkpoint, distributed, outputs
+from vdm.data import pipeline as data
 from vdm.config_validation import validate
-from vdm.datasets import Source
+from vdm.data.datasets import Source
 from vdm.errors import ConfigError, NonFiniteLoss, WorkdirError
 from vdm.model import VDM
 from vdm.optim import make_optimizer

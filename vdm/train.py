@@ -127,7 +127,7 @@ def evaluate(eval_step, params, split, batch_size: int, key, num_repeats: int = 
     this split, std over repeats of the split mean / sqrt(num_repeats).
     With a `mesh`, every process holds the split and feeds its part of each batch.
     """
-    from vdm.data import eval_batches, local_part
+    from vdm.data.pipeline import eval_batches, local_part
 
     per_repeat = {name: [] for name in TERM_NAMES}
     per_example = {name: np.zeros(len(split)) for name in TERM_NAMES}

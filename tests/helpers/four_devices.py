@@ -9,7 +9,8 @@ import os
 import jax
 import numpy as np
 
-from vdm import data, distributed, optim
+from vdm import distributed, optim
+from vdm.data import pipeline as data
 from vdm.config_validation import load_config_file
 from vdm.errors import DataError
 from vdm.model import VDM

@@ -66,7 +66,7 @@ def default_data_dir() -> str:
 
 def _prepare_install_command() -> str:
     """How to install what `tfds build` needs: this checkout's tfds-prepare extra, or (installed vdm) its content."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # above vdm/data/
     if os.path.exists(os.path.join(root, "pyproject.toml")):  # running from a checkout
         return f"pip install -e {shlex.quote(root + '[tfds-prepare]')}"
     return "pip install 'tensorflow>=2.16'"  # the tfds-prepare extra of pyproject.toml

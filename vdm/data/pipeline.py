@@ -22,7 +22,7 @@ import dataclasses
 import grain
 import numpy as np
 
-from vdm.datasets import Source, get_spec
+from vdm.data.datasets import Source, get_spec
 from vdm.errors import DataError
 
 AUGMENTATIONS = {"none": 1, "flip": 2, "dihedral": 8}  # group sizes; cond_dim = size - 1
