@@ -17,7 +17,7 @@ VARIANTS = (None,)  # the values get_config(arg) accepts
 
 def get_config(arg=None):
     c = load_config_file(os.path.join(os.path.dirname(__file__), "cifar10.py"))
-    c.data.name = "imagenet32"  # vdm.datasets: tfds downsampled_imagenet/32x32
+    c.data.name = "imagenet32"  # vdm.data.datasets: tfds downsampled_imagenet/32x32
     c.data.num_classes = 0
     c.model.channels = 256
     c.model.dropout = 0.0

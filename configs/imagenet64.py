@@ -18,7 +18,7 @@ VARIANTS = (None,)  # the values get_config(arg) accepts
 
 def get_config(arg=None):
     c = load_config_file(os.path.join(os.path.dirname(__file__), "cifar10.py"))
-    c.data.name = "imagenet64"  # vdm.datasets: tfds downsampled_imagenet/64x64
+    c.data.name = "imagenet64"  # vdm.data.datasets: tfds downsampled_imagenet/64x64
     c.data.image_shape = (64, 64, 3)
     c.data.num_classes = 0
     c.model.dropout = 0.0

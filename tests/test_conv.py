@@ -1,4 +1,4 @@
-"""vdm.nets.conv: the loop-friendly convolution computes the same values and gradients as lax's, in and out of loops.
+"""vdm.nets.cpu.conv: the loop-friendly convolution computes the same values and gradients as lax's, in and out of loops.
 
 Also the exactness guard of the performance switches: a model with every speed
 switch on gives the same bits/dim as the straightforward one.
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from vdm.nets.conv import loop_friendly_conv
+from vdm.nets.cpu.conv import loop_friendly_conv
 
 DIMS = ("NHWC", "HWIO", "NHWC")
 

@@ -99,7 +99,7 @@ def test_fast_group_norm_is_flax_group_norm():
     """Same parameter tree, values and gradients as flax's GroupNorm, also when the mean dwarfs the spread."""
     import flax.linen as nn
 
-    from vdm.nets.layers import GroupNorm
+    from vdm.nets.cpu.norm import GroupNorm
 
     x = 3.0 + 0.5 * jax.random.normal(jax.random.key(0), (4, 8, 8, 32))
     ref = nn.GroupNorm(num_groups=8)

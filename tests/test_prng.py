@@ -1,11 +1,11 @@
-"""vdm.prng: threefry with unrolled rounds gives JAX's bits exactly, so dropout masks do not change."""
+"""vdm.nets.cpu.prng: threefry with unrolled rounds gives JAX's bits exactly, so dropout masks do not change."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vdm.prng import UNROLLED_THREEFRY, unrolled_threefry_key
+from vdm.nets.cpu.prng import UNROLLED_THREEFRY, unrolled_threefry_key
 
 
 @pytest.mark.parametrize("shape", [(1,), (7,), (3, 5, 2), (64, 8, 8, 64)])

@@ -40,9 +40,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.scan_blocks = True
     c.model.fast_attention = True  # blocked queries, softmax normalised after the value product: same function, faster
     c.model.recompute = True  # blocks keep conv1's output + dropout mask for the backward pass, recompute the rest
-    c.model.fast_dropout_rng = True  # dropout masks from threefry with unrolled rounds (vdm.prng): same bits, faster
-    c.model.fast_norm = True  # GroupNorm statistics per channel first (vdm.nets.layers.GroupNorm): same function, faster
-    c.model.loop_friendly_conv = False  # True: same values; a conv gradient XLA:CPU runs fast inside nn.scan (vdm.nets.conv)
+    c.model.fast_dropout_rng = True  # dropout masks from threefry with unrolled rounds (vdm.nets.cpu.prng): same bits, faster
+    c.model.fast_norm = True  # GroupNorm statistics per channel first (vdm.nets.cpu.norm): same function, faster
+    c.model.loop_friendly_conv = False  # True: same values; a conv gradient XLA:CPU runs fast inside nn.scan (vdm.nets.cpu.conv)
 
     c.schedule = ml_collections.ConfigDict()
     c.schedule.name = "learned_linear"  # fixed_linear | learned_linear | monotone_net | beta_linear | alpha_cosine

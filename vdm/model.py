@@ -14,7 +14,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from vdm import prng
+from vdm.nets.cpu import prng
 from vdm.core import diffusion, losses, schedules
 from vdm.nets import ScoreUNet
 
@@ -95,7 +95,7 @@ class VDM:
     def eps_hat_fn(self, params, labels=None, cond=None, dropout_key=None):
         """(z [B, ...], gamma [B]) -> eps_hat [B, ...]. Dropout is on iff a dropout_key is given.
 
-        With fast_dropout_rng the key is rewrapped by `vdm.prng.unrolled_threefry_key`:
+        With fast_dropout_rng the key is rewrapped by `vdm.nets.cpu.prng.unrolled_threefry_key`:
         the same dropout masks, drawn several times faster on a CPU.
         """
         if dropout_key is not None and self.fast_dropout_rng:

@@ -105,8 +105,8 @@ class ScoreUNet(nn.Module):
       num_classes (0: unconditional), scan_blocks, input_skip (add z to the output,
       the official "base measure": eps_hat = z at initialisation), loop_friendly_conv
       (3x3 convolutions with a gradient that stays fast inside nn.scan on XLA:CPU;
-      same parameters and values, see vdm.nets.conv), fast_attention (AttnBlock's
-      fast form: the same function, blocked queries, fewer passes), fast_norm (vdm.nets.layers.GroupNorm
+      same parameters and values, see vdm.nets.cpu.conv), fast_attention (AttnBlock's
+      fast form: the same function, blocked queries, fewer passes), fast_norm (vdm.nets.cpu.norm.GroupNorm
       instead of flax's: the same function and parameters, faster statistics), recompute
       (each down / up block keeps only its conv1 output and dropout mask for the backward
       pass and recomputes the rest: the same values, far less memory traffic; with scan_blocks
