@@ -28,7 +28,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdm import checkpoint, digits_quality, guidance, outputs, run, sampling
+from vdm import checkpoint, digits_quality, outputs, run, sampling
+from vdm.sampling import guidance
+from vdm.training import classifier
 from vdm.data import pipeline as data
 from vdm.config_validation import load_config_file
 
@@ -77,7 +79,7 @@ def main():
 
     for w in [float(x) for x in args.weights.split(",")]:
         t = time.time()
-        eps = guidance.classifier_free_eps_hat_fn(model, params, jnp.asarray(labels), w)
+        eps = model.guided_eps_hat_fn(params, jnp.asarray(labels), w)
         samples = np.asarray(jax.jit(lambda k: _generate(model, eps, params, k, len(labels), args.steps))(jax.random.key(1)))
         res = _judge(clf, samples, labels)
         _grid(samples, labels, os.path.join(args.out, f"guidance_digits_cfg_w{w:g}.png"))
@@ -86,14 +88,14 @@ def main():
               f"(worst class {res['min_class_accuracy']:.2f}), {time.time() - t:.0f} s", flush=True)
 
     t = time.time()
-    net, clf_params = guidance.train_noisy_classifier(
+    net, clf_params = classifier.train_noisy_classifier(
         jax.random.key(2), ds.train.images, ds.train.labels, 17, model.gamma_fn(params), 10,
         num_steps=args.classifier_steps, gamma_min=config.schedule.gamma_min, gamma_max=config.schedule.gamma_max)
-    noisy_accuracy = {f"t={tt}": guidance.classifier_accuracy(net, clf_params, ds.test.images, ds.test.labels, 17,
+    noisy_accuracy = {f"t={tt}": classifier.classifier_accuracy(net, clf_params, ds.test.images, ds.test.labels, 17,
                                                               model.gamma_fn(params), tt, jax.random.key(3))
                       for tt in (0.0, 0.3, 0.5, 0.7, 0.9)}
     print(f"noise-conditional classifier: test accuracy {noisy_accuracy} ({time.time() - t:.0f} s)", flush=True)
-    log_prob = guidance.noisy_classifier_log_prob_fn(net, clf_params)
+    log_prob = classifier.noisy_classifier_log_prob_fn(net, clf_params)
     for s in [float(x) for x in args.scales.split(",")]:
         t = time.time()
         eps = guidance.classifier_guided_eps_hat_fn(model.eps_hat_fn(params), log_prob, jnp.asarray(labels), s)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vdm import guidance
+from vdm.training import classifier
 from vdm.data import pipeline as data
 from vdm.config_validation import load_config_file
 from vdm.model import VDM
@@ -36,23 +36,23 @@ def test_classifier_free_guidance_combines_conditional_and_null_predictions():
     e_null = model.eps_hat_fn(params, labels=jnp.full((6,), model.num_classes))(z, gamma)
     assert float(jnp.max(jnp.abs(e_cond - e_null))) > 1e-3  # labels do change the prediction
     for w in (0.0, 1.0, 3.0):
-        guided = guidance.classifier_free_eps_hat_fn(model, params, labels, w)(z, gamma)
+        guided = model.guided_eps_hat_fn(params, labels, w)(z, gamma)
         np.testing.assert_allclose(guided, (1 + w) * e_cond - w * e_null, rtol=1e-4, atol=1e-5)
 
 
 def test_classifier_free_guidance_needs_a_conditional_model():
     model, params = _model(conditional=False)
     with pytest.raises(ValueError, match="class-conditional"):
-        guidance.classifier_free_eps_hat_fn(model, params, jnp.zeros(2, jnp.int32), 1.0)
+        model.guided_eps_hat_fn(params, jnp.zeros(2, jnp.int32), 1.0)
 
 
 def test_noisy_classifier_learns_digits_and_degrades_with_noise():
     ds = data.load_dataset("digits")
     gamma_fn = lambda t: -8.0 + 13.0 * t  # noqa: E731
-    net, params = guidance.train_noisy_classifier(jax.random.key(0), ds.train.images, ds.train.labels, 17, gamma_fn,
+    net, params = classifier.train_noisy_classifier(jax.random.key(0), ds.train.images, ds.train.labels, 17, gamma_fn,
                                                   10, num_steps=300, batch_size=64, channels=16, num_layers=2,
                                                   gamma_min=-8.0, gamma_max=5.0)
-    clean = guidance.classifier_accuracy(net, params, ds.test.images, ds.test.labels, 17, gamma_fn, 0.0, jax.random.key(1))
-    noisy = guidance.classifier_accuracy(net, params, ds.test.images, ds.test.labels, 17, gamma_fn, 1.0, jax.random.key(1))
+    clean = classifier.classifier_accuracy(net, params, ds.test.images, ds.test.labels, 17, gamma_fn, 0.0, jax.random.key(1))
+    noisy = classifier.classifier_accuracy(net, params, ds.test.images, ds.test.labels, 17, gamma_fn, 1.0, jax.random.key(1))
     assert clean > 0.8, clean
     assert noisy < 0.5, noisy  # at gamma = 5 almost nothing of the digit is left

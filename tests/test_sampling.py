@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from vdm.core import diffusion as D
 from vdm import sampling
@@ -54,3 +55,18 @@ def test_decode_picks_the_nearest_bin_at_high_snr():
     x_int = jnp.arange(V).reshape(1, V, 1, 1)
     z0 = D.q_sample(2 * (x_int + 0.5) / V - 1, -12.0, jnp.zeros(x_int.shape))
     np.testing.assert_array_equal(sampling.decode(z0, -12.0, V), x_int)
+
+
+def test_every_sampler_is_one_registry_entry_reached_by_name():
+    """get_sampler covers the discrete, SDE and ODE samplers alike; an unknown name's error lists them all."""
+    assert {"ancestral", "ddim", "ode", "ode_adaptive", "reverse_sde", "pc", "annealed_langevin"} <= set(sampling.SAMPLERS)
+    for name, entry in sampling.SAMPLERS.items():
+        fn = sampling.get_sampler(name)
+        assert fn is entry.fn, name
+        z0 = jax.jit(fn, static_argnums=(1, 2, 3, 4))(jax.random.key(0), exact_eps_hat, gamma_fn, (16, 1), 4)
+        assert z0.shape == (16, 1) and bool(jnp.all(jnp.isfinite(z0))), name
+        assert entry.describe(4) and "{" not in entry.describe(4), name
+    assert "17 steps" in sampling.SAMPLERS["reverse_sde"].describe(17)
+    with pytest.raises(ValueError) as info:
+        sampling.get_sampler("euler")
+    assert "'euler'" in str(info.value) and all(repr(name) in str(info.value) for name in sampling.SAMPLERS)

@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vdm import likelihood, mixture, sampling, sde
+from vdm import mixture, sampling
+from vdm.sampling import likelihood, sde
 from vdm.core import schedules
 from vdm.core import diffusion as D
 
@@ -150,7 +151,7 @@ def test_uniform_dequantisation_bounds_the_binned_probability_of_the_model():
 
 
 def test_classifier_guidance_with_the_exact_classifier_is_the_conditional_denoiser():
-    from vdm import guidance
+    from vdm.sampling import guidance
 
     z = MIX.sample(jax.random.key(1), 32) * 0.8
     gamma = jnp.full((32,), 0.5)
@@ -160,7 +161,7 @@ def test_classifier_guidance_with_the_exact_classifier_is_the_conditional_denois
 
 
 def test_classifier_free_guidance_sharpens_towards_the_requested_component():
-    from vdm import guidance
+    from vdm.sampling import guidance
 
     labels = jnp.full((N,), 2)
 

@@ -14,9 +14,10 @@ import math
 import jax
 import jax.numpy as jnp
 
-from vdm.nets.cpu import prng
 from vdm.core import diffusion, losses, schedules
 from vdm.nets import ScoreUNet
+from vdm.nets.cpu import prng
+from vdm.sampling import guidance
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +110,17 @@ class VDM:
             return diffusion.eps_from_prediction(out, z, gamma, self.prediction)
 
         return eps_hat
+
+    def guided_eps_hat_fn(self, params, labels, weight: float):
+        """Classifier-free guided denoiser (1 + w) eps_hat(z, y) - w eps_hat(z, null) for labels [B].
+
+        One network call on a doubled batch (`vdm.sampling.guidance.classifier_free_eps_hat_fn`).
+        Needs a class-conditional model; w = 0 is the plain conditional denoiser.
+        """
+        if not self.class_conditional:
+            raise ValueError("classifier-free guidance needs a class-conditional model (model.class_conditional=True)")
+        return guidance.classifier_free_eps_hat_fn(lambda y: self.eps_hat_fn(params, labels=y), labels,
+                                                   self.num_classes, weight)
 
     def _labels(self, batch, key, train):
         if not self.class_conditional:

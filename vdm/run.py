@@ -345,7 +345,7 @@ def sample_run(config, workdir: str, step: int | None = None, seed: int = 0, sam
     label: a class for every sample, or -1 for classes 0, 1, 2, ... in turn (class-conditional
     models; unconditional models ignore it); guidance: classifier-free weight w.
     """
-    from vdm.sampling import SAMPLER_NOTES, SAMPLERS
+    from vdm.sampling import SAMPLERS
 
     if sampler not in SAMPLERS:
         raise ConfigError(f"--sampler={sampler!r}; expected one of {list(SAMPLERS)}")
@@ -368,7 +368,7 @@ def sample_run(config, workdir: str, step: int | None = None, seed: int = 0, sam
         outputs.save_image_grid(samples, run.model.vocab_size, png)
         np.savez_compressed(os.path.join(workdir, f"samples_{tag}.npz"), samples=samples,
                             labels=np.asarray(labels) if labels is not None else np.zeros(0))
-        print(f"{SAMPLER_NOTES[sampler].replace('--steps', str(steps))}: {n} samples in {seconds:.1f} s "
+        print(f"{SAMPLERS[sampler].describe(steps)}: {n} samples in {seconds:.1f} s "
               f"(compile included)\nsamples={os.path.abspath(png)}", flush=True)
     return samples
 
@@ -376,7 +376,7 @@ def sample_run(config, workdir: str, step: int | None = None, seed: int = 0, sam
 def likelihood_run(config, workdir: str, step: int | None = None, probe: str = "rademacher",
                    max_examples: int = 0, seed: int = 0) -> dict:
     """Test-split bits/dim through the probability-flow ODE (both dequantisations) next to the ELBO -> likelihood.json."""
-    from vdm import likelihood
+    from vdm.sampling import likelihood
 
     run = _Run(config, workdir)
     state = run.restore(step)

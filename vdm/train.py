@@ -164,14 +164,13 @@ def generate(model: VDM, params, key, num_samples: int, num_steps: int, labels=N
     labels [N] (class-conditional models; None = the null label, i.e. unconditional);
     guidance: classifier-free weight w (needs labels).
     """
-    from vdm import guidance as guide
     from vdm import sampling
 
     k_sample, k_decode = jax.random.split(key)
     if guidance:
         if labels is None:
             raise ValueError("classifier-free guidance needs labels")
-        eps_hat_fn = guide.classifier_free_eps_hat_fn(model, params, labels, guidance)
+        eps_hat_fn = model.guided_eps_hat_fn(params, labels, guidance)
     else:
         eps_hat_fn = model.eps_hat_fn(params, labels=labels)
     z_0 = sampling.get_sampler(sampler)(

@@ -1,5 +1,6 @@
-"""Samplers as pure functions of a denoiser eps_hat_fn(z, gamma) and a schedule gamma_fn(t).
+"""Discrete-time samplers on the grid t_i = i / T, and decoding z_0 to data.
 
+Pure functions of a denoiser eps_hat_fn(z, gamma) and a schedule gamma_fn(t).
 Ancestral sampling walks the generative model p(z_s | z_t) = q(z_s | z_t, x = x_hat(z_t))
 on the grid t_i = i / T, i = T .. 1, from z_1 ~ N(0, I); the last latent z_0
 is decoded by the discretised decoder.
@@ -82,34 +83,3 @@ def ddim_sample(key, eps_hat_fn, gamma_fn, shape, num_steps: int, eta: float = 0
 
     z, _ = jax.lax.scan(step, z, jnp.arange(num_steps - 1, -1, -1))
     return z
-
-
-def get_sampler(name: str):
-    """sampler(key, eps_hat_fn, gamma_fn, shape, num_steps) -> z_0 for every name in SAMPLERS."""
-    from vdm import sde
-
-    table = {
-        "ancestral": ancestral_sample,
-        "ddim": ddim_sample,
-        "ode": sde.ode_sample_heun,
-        "ode_adaptive": lambda key, eps, gamma, shape, num_steps: sde.ode_sample_adaptive(key, eps, gamma, shape)[0],
-        "reverse_sde": sde.reverse_sde_sample,
-        "pc": sde.pc_sample,
-        "annealed_langevin": lambda key, eps, gamma, shape, num_steps: sde.annealed_langevin_sample(
-            key, eps, gamma, shape, num_steps),
-    }
-    if name not in table:
-        raise ValueError(f"unknown sampler {name!r}; expected one of {list(table)}")
-    return table[name]
-
-
-SAMPLERS = ("ancestral", "ddim", "ode", "ode_adaptive", "reverse_sde", "pc", "annealed_langevin")
-SAMPLER_NOTES = {
-    "ancestral": "VDM posterior steps p(z_s | z_t), T = --steps",
-    "ddim": "DDIM, eta = 0 (deterministic), T = --steps",
-    "ode": "probability-flow ODE, Heun, --steps steps (2 evaluations each)",
-    "ode_adaptive": "probability-flow ODE, diffrax Tsit5, rtol = atol = 1e-4 (--steps ignored)",
-    "reverse_sde": "reverse-time SDE, Euler-Maruyama, --steps steps",
-    "pc": "predictor-corrector: ancestral predictor + 1 Langevin corrector (snr 0.16), --steps steps (2 x steps - 1 network calls)",
-    "annealed_langevin": "annealed Langevin, --steps levels x 20 steps, step 0.05 sigma_t^2",
-}

@@ -1,6 +1,6 @@
 """Exact likelihood through the probability-flow ODE (Chen et al. 2018; Song et al. 2021).
 
-For dz/dt = F(z, t) (`vdm.sde.ode_drift`), the instantaneous change of variables gives
+For dz/dt = F(z, t) (`vdm.sampling.sde.ode_drift`), the instantaneous change of variables gives
 
     log p_0(z_0) = log p_1(z_1) + ∫_0^1 ∇·F(z_t, t) dt,
 
@@ -24,7 +24,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from vdm import sde
+from vdm.sampling import sde
 from vdm.core import diffusion, losses
 
 
