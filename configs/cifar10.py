@@ -12,7 +12,7 @@ Should reproduce the paper's 2.65 test bits/dim (no augmentation; the official
 checkpoint re-evaluates to 2.637) after 10M steps.
 """
 
-from vdm.config_schema import base_config
+from vdm.config.schema import base_config
 
 VARIANTS = (None,)  # the values get_config(arg) accepts
 

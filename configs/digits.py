@@ -26,7 +26,7 @@ linear autoregressive 2.10 bits/dim; the official VDM code reaches 2.69 in
 8 minutes here (hand-tuned) and 1.96 in 40.
 """
 
-from vdm.config_schema import base_config
+from vdm.config.schema import base_config
 
 VARIANTS = (None, "long", "conditional")  # the values get_config(arg) accepts
 

@@ -10,7 +10,7 @@ Run (accelerators, data prepared with tfds):
 
 import os
 
-from vdm.config_validation import load_config_file
+from vdm.config.validation import load_config_file
 
 VARIANTS = (None,)  # the values get_config(arg) accepts
 

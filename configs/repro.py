@@ -22,7 +22,7 @@ every variant of `steps`; see each results file for the measured figures.
 
 import os
 
-from vdm.config_validation import load_config_file
+from vdm.config.validation import load_config_file
 
 VARIANTS = (None, "steps", "schedule", "fourier", "prediction")  # the values get_config(arg) accepts
 

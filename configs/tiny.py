@@ -7,7 +7,7 @@ Reaches no particular bpd: it exists to exercise every code path quickly.
 
 import os
 
-from vdm.config_validation import load_config_file
+from vdm.config.validation import load_config_file
 
 VARIANTS = (None,)  # the values get_config(arg) accepts
 

@@ -34,8 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vdm import sampling
-from vdm.config_schema import base_config
-from vdm.config_validation import apply_overrides
+from vdm.config.schema import base_config
+from vdm.config.validation import apply_overrides
 from vdm.model import VDM
 from vdm.optim import make_optimizer
 from vdm.train import create_train_state, make_eval_step, make_train_step

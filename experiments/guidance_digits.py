@@ -32,7 +32,7 @@ from vdm import checkpoint, digits_quality, outputs, run, sampling
 from vdm.sampling import guidance
 from vdm.training import classifier
 from vdm.data import pipeline as data
-from vdm.config_validation import load_config_file
+from vdm.config.validation import load_config_file
 
 
 def _generate(model, eps_hat_fn, params, key, n, steps):

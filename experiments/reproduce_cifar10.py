@@ -27,7 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from experiments import benchmark  # noqa: E402
-from vdm.config_validation import apply_overrides, load_config_file  # noqa: E402
+from vdm.config.validation import apply_overrides, load_config_file  # noqa: E402
 from vdm.model import VDM  # noqa: E402
 from vdm.run import num_parameters  # noqa: E402
 

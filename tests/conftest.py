@@ -21,7 +21,7 @@ LIGHT_EVAL = {"training.eval_every": 8, "eval.num_repeats": 1, "eval.num_samples
 
 def tiny_config(**overrides):
     """configs/tiny.py with LIGHT_EVAL and `overrides` ({"model.channels": 16} as model__channels=16)."""
-    from vdm.config_validation import apply_overrides, load_config_file
+    from vdm.config.validation import apply_overrides, load_config_file
 
     extra = {k.replace("__", "."): v for k, v in overrides.items()}
     return apply_overrides(load_config_file(os.path.join(ROOT, "configs", "tiny.py")), {**LIGHT_EVAL, **extra})

@@ -11,7 +11,7 @@ import pytest
 
 from vdm import checkpoint, optim, run
 from vdm.data import pipeline as data
-from vdm.config_validation import load_config_file
+from vdm.config.validation import load_config_file
 from vdm.errors import CheckpointError, WorkdirError
 from vdm.model import VDM
 from vdm.train import create_train_state

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from vdm.config_validation import ConfigError, apply_overrides, load_config_file
+from vdm.config.validation import ConfigError, apply_overrides, load_config_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,7 +26,7 @@ def test_every_reproduction_sweep_is_valid_at_paper_size(variant):
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        ({"model.chanels": 3}, "unknown config key 'model.chanels' (not in vdm/config_schema.py)"),
+        ({"model.chanels": 3}, "unknown config key 'model.chanels' (not in vdm/config/schema.py)"),
         ({"training.batch_size": "big"}, "'training.batch_size'"),
         ({"training.batch_size": 2.5}, "'training.batch_size' must be int"),
         ({"schedule.gamma_min": 6.0}, "'schedule.gamma_min' = 6.0 must be < 'schedule.gamma_max'"),
@@ -111,3 +111,22 @@ def test_cli_tiny_run_writes_every_output(tmp_path):
     lik = json.loads((workdir / "likelihood.json").read_text())
     assert lik["num_examples"] == 8 and lik["ode_bpd_variational"] > 0 and lik["ode_bpd_uniform_stderr"] > 0
     assert "log q(z_0|x)" in lik["ode_variational_dequantization"] and "2/V" in lik["ode_uniform_dequantization"]
+
+
+def test_keys_that_name_a_registered_thing_are_checked_against_that_registry():
+    """Validation reads the registries the code reads: an unknown name fails listing every registered one."""
+    from vdm.config.validation import registries, validate
+    from vdm.core import schedules
+    from vdm.sampling import SAMPLERS
+
+    tables = registries()
+    assert tables["schedule.name"] is schedules.SCHEDULES and tables["eval.sampler"] is SAMPLERS
+    assert {"data.name", "data.augmentation", "model.prediction", "loss.objective"} <= set(tables)
+    for key, registry in tables.items():
+        config = load_config_file(os.path.join(ROOT, "configs", "digits.py"))
+        section, name = key.split(".")
+        config[section][name] = "no_such_name"
+        with pytest.raises(ConfigError) as info:
+            validate(config)
+        message = str(info.value)
+        assert f"'{key}' = 'no_such_name'" in message and all(repr(k) in message for k in registry), message

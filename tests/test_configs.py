@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import pytest
 
 from vdm.data import datasets, pipeline as data
-from vdm.config_validation import ConfigError, apply_overrides, load_config_file, load_config_module, validate
+from vdm.config.validation import ConfigError, apply_overrides, load_config_file, load_config_module, validate
 from vdm.model import VDM
 from vdm.optim import make_optimizer
 from vdm.train import create_train_state, make_eval_step, make_train_step

@@ -8,7 +8,7 @@ import pytest
 
 from vdm import distributed
 from vdm.data import datasets, pipeline as data
-from vdm.config_validation import load_config_file
+from vdm.config.validation import load_config_file
 from vdm.errors import DataError, DatasetNotPrepared
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

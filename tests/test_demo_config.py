@@ -8,7 +8,7 @@ import numpy as np
 from conftest import ROOT
 
 from vdm import checkpoint, run
-from vdm.config_validation import apply_overrides, load_config_file
+from vdm.config.validation import apply_overrides, load_config_file
 
 
 def _demo(**overrides):

@@ -120,7 +120,7 @@ def test_posterior_kl_and_every_parameterisation_give_the_same_loss(gs, gt):
     np.testing.assert_allclose(x_form, eps_form, rtol=1e-4)
 
 
-@pytest.mark.parametrize("kind", D.PREDICTION_KINDS)
+@pytest.mark.parametrize("kind", D.PREDICTIONS)
 def test_conversions_round_trip(kind):
     k = jax.random.split(jax.random.key(5), 3)
     x = jax.random.uniform(k[0], (5, 4), minval=-1, maxval=1)
@@ -160,7 +160,7 @@ def test_extreme_gamma_finite_under_jit_vmap_grad():
         z = D.q_sample(xx, g, ee)
         out = [z, *D.alpha_sigma(g), *D.transition(z, gs, g), *D.posterior(z, xx, gs, g),
                *D.posterior_from_eps(z, ee, gs, g)]
-        for kind in D.PREDICTION_KINDS:
+        for kind in D.PREDICTIONS:
             out.append(D.eps_from_prediction(D.prediction_from_eps(ee, z, g, kind), z, g, kind))
         m1, v1 = D.posterior(z, xx, gs, g)
         m2, v2 = D.posterior(z, 0.9 * xx, gs, g)

@@ -19,7 +19,7 @@ from conftest import LIGHT_EVAL  # what these tests check happens in training: t
 
 from vdm import checkpoint, run
 from vdm.data import pipeline as data
-from vdm.config_validation import apply_overrides, load_config_file
+from vdm.config.validation import apply_overrides, load_config_file
 from vdm.errors import PREEMPTED_EXIT_CODE, NonFiniteLoss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

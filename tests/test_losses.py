@@ -175,7 +175,7 @@ def _tree_rel(a, b):
 
 @pytest.fixture(scope="module")
 def variance_setup():
-    from vdm.config_validation import apply_overrides, load_config_file
+    from vdm.config.validation import apply_overrides, load_config_file
     from vdm.model import VDM
 
     config = apply_overrides(load_config_file("configs/tiny.py"), {
@@ -221,7 +221,7 @@ def test_variance_minimizing_gradient_against_brute_force(variance_setup):
 
 
 def test_variance_objective_needs_monotone_net_and_continuous_elbo():
-    from vdm.config_validation import ConfigError, apply_overrides, load_config_file
+    from vdm.config.validation import ConfigError, apply_overrides, load_config_file
 
     for overrides, words in [({"schedule.name": "learned_linear"}, "monotone_net"),
                              ({"schedule.name": "monotone_net", "loss.num_steps": 10}, "continuous-time")]:

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vdm.config_validation import load_config_file
+from vdm.config.validation import load_config_file
 from vdm.model import VDM
 from vdm.nets import ScoreUNet
 from vdm.nets.layers import AttnBlock, Base2FourierFeatures, ResnetBlock

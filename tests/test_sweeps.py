@@ -56,7 +56,7 @@ def test_slurm_script_has_one_task_per_point(tmp_path):
 def test_bad_sweep_points_fail_naming_the_key(tmp_path):
     bad = tmp_path / "bad_sweep.py"
     tiny = os.path.join(ROOT, "configs", "tiny.py")
-    bad.write_text("from vdm.config_validation import load_config_file\n"
+    bad.write_text("from vdm.config.validation import load_config_file\n"
                    f"def get_config(arg=None):\n    return load_config_file({tiny!r})\n"
                    "def get_sweep(arg=None):\n    return [{'training.sed': 1}]\n")
     with pytest.raises(ConfigError, match="training.sed"):

@@ -10,7 +10,7 @@ import pytest
 
 from vdm import optim
 from vdm.data import pipeline as data
-from vdm.config_validation import load_config_file
+from vdm.config.validation import load_config_file
 from vdm.model import VDM
 from vdm.train import create_train_state, evaluate, make_eval_step, make_train_step
 
@@ -140,7 +140,7 @@ def test_gradient_accumulation_updates_once_per_k_micro_batches(tiny):
 
 
 def test_schedule_lr_scale_multiplies_only_the_interior_updates():
-    from vdm.config_validation import apply_overrides
+    from vdm.config.validation import apply_overrides
 
     config = apply_overrides(load_config_file("configs/tiny.py"), {
         "schedule.name": "monotone_net", "schedule.width": 8, "optim.warmup_steps": 0, "optim.grad_clip": 0.0})

@@ -117,9 +117,9 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         raise CheckpointError(f"{path} not found: is {workdir} a vdm workdir?")
     with open(path) as f:
         saved = json.load(f)["config"]
-    from vdm.config_validation import base_config
+    from vdm.config.schema import base_config
 
-    config = base_config()  # keys added to vdm/config_schema.py after the run started take their defaults
+    config = base_config()  # keys added to vdm/config/schema.py after the run started take their defaults
     for section, values in saved.items():
         if section in config and isinstance(values, dict):
             config[section].update(values)
@@ -142,7 +142,7 @@ def config_differences(config, stored) -> list[tuple[str, object, object]]:
     Both are ConfigDicts (`stored` typically `load_config(workdir)`); keys in
     RERUN_FREE_KEYS are not compared.
     """
-    from vdm.config_validation import flatten
+    from vdm.config.validation import flatten
 
     def flat(c):  # tuples as lists: a config read back from config.json has lists
         return {k: list(v) if isinstance(v, tuple) else v for k, v in flatten(c).items()}

@@ -23,7 +23,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from vdm.config_validation import ConfigError, load_config_file, parse_override, validate
+from vdm.config.validation import ConfigError, load_config_file, parse_override, validate
 from vdm.errors import VdmError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, optionally path:variant.", lock_config=False)

@@ -22,7 +22,7 @@ from vdm.sampling import guidance
 
 @dataclasses.dataclass(frozen=True)
 class VDM:
-    """A VDM built from a config (see vdm/config_schema.py)."""
+    """A VDM built from a config (see vdm/config/schema.py)."""
 
     net: ScoreUNet
     schedule: object
@@ -166,12 +166,10 @@ class VDM:
         return losses.variance_minimizing_value_and_grad(per_example, self.schedule, params, t)
 
     def training_loss(self, params, batch, key):
-        """(scalar loss, per-example terms). ELBO objective: mean bits/dim; 'simple': mean L_simple.
+        """(scalar loss, per-example terms): the mean of the objective's per-example loss (`losses.OBJECTIVES`).
 
         L_simple is the diffusion term's own squared epsilon error (`terms['eps_mse']`):
         one network evaluation serves the loss and the reported ELBO terms.
         """
         terms = self.elbo_terms(params, batch, key, train=True)
-        if self.objective == "elbo":
-            return jnp.mean(terms["bpd"]), terms
-        return jnp.mean(terms["eps_mse"]), terms
+        return jnp.mean(losses.OBJECTIVES.lookup(self.objective).per_example(terms)), terms

@@ -23,7 +23,7 @@ import numpy as np
 
 from vdm import checkpoint, distributed, outputs
 from vdm.data import pipeline as data
-from vdm.config_validation import validate
+from vdm.config.validation import validate
 from vdm.data.datasets import Source
 from vdm.errors import ConfigError, NonFiniteLoss, WorkdirError
 from vdm.model import VDM

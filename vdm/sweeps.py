@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 
-from vdm.config_validation import ConfigError, apply_overrides, load_config_file, load_config_module
+from vdm.config.validation import ConfigError, apply_overrides, load_config_file, load_config_module
 
 __all__ = ["load_sweep", "point_name", "run_points", "collect", "write_table", "slurm_script", "mean_and_stderr"]
 

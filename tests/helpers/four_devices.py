@@ -11,7 +11,7 @@ import numpy as np
 
 from vdm import distributed, optim
 from vdm.data import pipeline as data
-from vdm.config_validation import load_config_file
+from vdm.config.validation import load_config_file
 from vdm.errors import DataError
 from vdm.model import VDM
 from vdm.train import create_train_state, make_train_step

@@ -2,7 +2,7 @@
 
 import os
 
-from vdm.config_validation import load_config_file
+from vdm.config.validation import load_config_file
 
 
 def get_config(arg=None):

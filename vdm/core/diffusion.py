@@ -15,13 +15,17 @@ finite in float32 for gamma in [-30, 30].
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
+
+from vdm.registry import Registry
 
 __all__ = [
     "alpha_sigma",
     "expand_gamma",
-    "snr",
     "q_sample",
     "transition",
     "posterior",
@@ -35,10 +39,9 @@ __all__ = [
     "eps_from_v",
     "eps_from_prediction",
     "prediction_from_eps",
-    "PREDICTION_KINDS",
+    "Prediction",
+    "PREDICTIONS",
 ]
-
-PREDICTION_KINDS = ("eps", "x", "v", "score")
 
 
 def expand_gamma(gamma, like):
@@ -57,11 +60,6 @@ def alpha_sigma(gamma):
     """
     gamma = jnp.asarray(gamma)
     return jnp.sqrt(jax.nn.sigmoid(-gamma)), jnp.sqrt(jax.nn.sigmoid(gamma))
-
-
-def snr(gamma):
-    """SNR = alpha^2 / sigma^2 = exp(-gamma)."""
-    return jnp.exp(-jnp.asarray(gamma))
 
 
 def q_sample(x, gamma, eps):
@@ -181,27 +179,28 @@ def eps_from_v(z, v, gamma):
     return sigma * z + alpha * v
 
 
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """What a network may predict: to_eps(pred, z, gamma) -> eps_hat and its inverse from_eps(eps, z, gamma)."""
+
+    to_eps: Callable
+    from_eps: Callable
+
+
+PREDICTIONS = Registry("prediction kind", {
+    "eps": Prediction(lambda eps, z, gamma: eps, lambda eps, z, gamma: eps),
+    "x": Prediction(lambda x, z, gamma: eps_from_x(z, x, gamma), lambda eps, z, gamma: x_from_eps(z, eps, gamma)),
+    "v": Prediction(lambda v, z, gamma: eps_from_v(z, v, gamma), lambda eps, z, gamma: v_from_eps(z, eps, gamma)),
+    "score": Prediction(lambda score, z, gamma: eps_from_score(score, gamma),
+                        lambda eps, z, gamma: score_from_eps(eps, gamma)),
+})
+
+
 def eps_from_prediction(pred, z, gamma, kind: str):
-    """Converts a network output of the given kind ('eps', 'x', 'v', 'score') to eps_hat."""
-    if kind == "eps":
-        return pred
-    if kind == "x":
-        return eps_from_x(z, pred, gamma)
-    if kind == "v":
-        return eps_from_v(z, pred, gamma)
-    if kind == "score":
-        return eps_from_score(pred, gamma)
-    raise ValueError(f"unknown prediction kind {kind!r}; expected one of {PREDICTION_KINDS}")
+    """Converts a network output of a kind in `PREDICTIONS` ('eps', 'x', 'v', 'score') to eps_hat."""
+    return PREDICTIONS.lookup(kind).to_eps(pred, z, gamma)
 
 
 def prediction_from_eps(eps, z, gamma, kind: str):
     """Inverse of `eps_from_prediction`: eps_hat -> the prediction of the given kind."""
-    if kind == "eps":
-        return eps
-    if kind == "x":
-        return x_from_eps(z, eps, gamma)
-    if kind == "v":
-        return v_from_eps(z, eps, gamma)
-    if kind == "score":
-        return score_from_eps(eps, gamma)
-    raise ValueError(f"unknown prediction kind {kind!r}; expected one of {PREDICTION_KINDS}")
+    return PREDICTIONS.lookup(kind).from_eps(eps, z, gamma)

@@ -17,13 +17,16 @@ Every function returns per-example values ``[B]`` in nats unless named otherwise
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
 from vdm.core import diffusion
 from vdm.core.schedules import gamma_and_derivative
+from vdm.registry import Registry
 
 __all__ = [
     "scale_data",
@@ -39,6 +42,8 @@ __all__ = [
     "elbo_terms",
     "bits_per_dim",
     "variance_minimizing_value_and_grad",
+    "Objective",
+    "OBJECTIVES",
 ]
 
 
@@ -281,3 +286,18 @@ def variance_minimizing_value_and_grad(per_example_fn, schedule_fn, params, t):
         "interior": variance_schedule["interior"],
     }
     return (jnp.mean(loss), aux), {**grads, "schedule": schedule_grads}
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """A training objective: per_example(terms) -> [B] from the `elbo_terms` of one network evaluation."""
+
+    per_example: Callable
+    description: str
+
+
+OBJECTIVES = Registry("objective", {
+    "elbo": Objective(lambda terms: terms["bpd"], "the ELBO in bits/dim: a bound on -log p(x)"),
+    "simple": Objective(lambda terms: terms["eps_mse"],
+                        "DDPM's L_simple: mean squared eps error at the diffusion term's draw (not a bound)"),
+})

@@ -29,6 +29,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from vdm.registry import Registry
+
 __all__ = [
     "FixedLinear",
     "LearnedLinear",
@@ -212,19 +214,18 @@ class AlphaCosine:
         return 2.0 * (jnp.log(jnp.sin(half_pi * tau)) - jnp.log(jnp.sin(half_pi * rest)))
 
 
-SCHEDULES = {
+SCHEDULES = Registry("schedule", {
     "fixed_linear": FixedLinear,
     "learned_linear": LearnedLinear,
     "monotone_net": MonotoneNet,
     "beta_linear": BetaLinear,
     "alpha_cosine": AlphaCosine,
-}
+})
 
 
 def make_schedule(name: str, gamma_min: float, gamma_max: float, **kwargs):
-    """Builds a schedule by name (one of `SCHEDULES`)."""
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown schedule {name!r}; expected one of {sorted(SCHEDULES)}")
+    """Builds a schedule by name (a key of `SCHEDULES`)."""
+    schedule = SCHEDULES.lookup(name)
     if not gamma_min < gamma_max:
         raise ValueError(f"schedule needs gamma_min < gamma_max, got {gamma_min} >= {gamma_max}")
-    return SCHEDULES[name](gamma_min=gamma_min, gamma_max=gamma_max, **kwargs)
+    return schedule(gamma_min=gamma_min, gamma_max=gamma_max, **kwargs)

@@ -8,11 +8,7 @@ same whatever the number of processes or devices. The iterator state (the next
 index) is saved with each checkpoint (`vdm.checkpoint`), so a resumed run reads
 exactly the batches an uninterrupted one would have.
 
-Augmentation (config `data.augmentation`, the paper's CIFAR-10 recipe): each
-training image gets a random element g of {identity, flip} or of the dihedral
-group (4 rotations x flip), and the network is told which through
-`cond` [B, cond_dim] = one_hot(g)[1:] — all zeros for the identity, so eval and
-sampling (no `cond`) ask for un-augmented images.
+Augmentations (`data.augmentation`) are `vdm.data.augment`.
 """
 
 from __future__ import annotations
@@ -22,10 +18,9 @@ import dataclasses
 import grain
 import numpy as np
 
+from vdm.data.augment import AUGMENTATIONS, augment
 from vdm.data.datasets import Source, get_spec
 from vdm.errors import DataError
-
-AUGMENTATIONS = {"none": 1, "flip": 2, "dihedral": 8}  # group sizes; cond_dim = size - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,19 +78,6 @@ def check_values(images: np.ndarray, vocab_size: int, where: str) -> None:
     if lo < 0 or hi >= vocab_size:
         raise DataError(f"{where}: pixel values span [{lo}, {hi}] but config key 'data.vocab_size' = {vocab_size} "
                         f"needs them in [0, {vocab_size - 1}]")
-
-
-def augment(element: dict, rng: np.random.Generator, group_size: int) -> dict:
-    """Applies a random dihedral element g < group_size; adds 'cond' = one_hot(g)[1:] (float32)."""
-    g = int(rng.integers(group_size))
-    rotations, flip = (g % 4, g >= 4) if group_size == 8 else (0, g == 1)
-    image = np.rot90(element["images"], rotations, axes=(0, 1))
-    if flip:
-        image = image[:, ::-1]
-    cond = np.zeros(group_size - 1, np.float32)
-    if g:
-        cond[g - 1] = 1.0
-    return {**element, "images": np.ascontiguousarray(image), "cond": cond}
 
 
 def train_dataset(source, global_batch_size: int, seed: int, process_index: int = 0, process_count: int = 1,

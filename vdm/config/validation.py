@@ -1,6 +1,6 @@
 """Config loading and validation: a wrong key or value stops the run with one line naming it.
 
-Every config derives from the schema `vdm.config_schema.base_config()`, which
+Every config derives from the schema `vdm.config.schema.base_config()`, which
 defines every key and its type; an override may change values, never add keys
 or change a type. Config files are plain Python files loaded by path
 (`load_config_file`); one that derives from a sibling file loads it by path
@@ -15,21 +15,36 @@ import types
 
 import ml_collections
 
-from vdm import config_schema
-from vdm.data.datasets import DATASETS
+from vdm.config.schema import base_config
 from vdm.errors import ConfigError  # noqa: F401  (re-exported)
 
-SCHEMA = "vdm/config_schema.py"  # where error messages send the reader
+SCHEMA = "vdm/config/schema.py"  # where error messages send the reader
 
+# Keys that switch between a few ways of training; the keys that name one of a list of things are in `registries`.
 _CHOICES = {
-    "model.prediction": ("eps", "x", "v"),
-    "schedule.name": ("fixed_linear", "learned_linear", "monotone_net", "beta_linear", "alpha_cosine"),
-    "loss.objective": ("elbo", "simple"),
     "optim.decay": ("constant", "cosine"),
-    "data.augmentation": ("none", "flip", "dihedral"),
     "training.on_nonfinite": ("stop", "skip"),
     "schedule.interior_objective": ("elbo", "variance"),
 }
+
+
+def registries() -> dict:
+    """{config key: the registry (`vdm.registry`) whose keys it may name}, read here and by the code alike.
+
+    Imported when a config is validated, not with this module: most of them import jax.
+    """
+    from vdm.core import diffusion, losses, schedules
+    from vdm.data import augment, datasets
+    from vdm.sampling import SAMPLERS
+
+    return {
+        "data.name": datasets.DATASETS,
+        "data.augmentation": augment.AUGMENTATIONS,
+        "model.prediction": diffusion.PREDICTIONS,
+        "schedule.name": schedules.SCHEDULES,
+        "loss.objective": losses.OBJECTIVES,
+        "eval.sampler": SAMPLERS,
+    }
 _POSITIVE = (
     "data.vocab_size", "model.channels", "model.num_blocks", "training.num_steps", "training.batch_size",
     "training.steps_per_call", "training.log_every", "training.eval_every", "optim.learning_rate",
@@ -53,11 +68,6 @@ def flatten(cfg, prefix="") -> dict:
         else:
             out[key] = v
     return out
-
-
-def base_config() -> ml_collections.ConfigDict:
-    """The schema: every key with its default (`vdm.config_schema.base_config`)."""
-    return config_schema.base_config()
 
 
 def load_config_module(path: str) -> types.ModuleType:
@@ -100,16 +110,9 @@ def validate(config) -> None:
     for key in ref:
         if key not in flat:
             raise ConfigError(f"config key '{key}' is missing (every config derives from {SCHEMA})")
-    for key, choices in _CHOICES.items():
-        if flat[key] not in choices:
-            raise ConfigError(f"config key '{key}' = {flat[key]!r}; expected one of {list(choices)}")
-    from vdm.sampling import SAMPLERS
-
-    if flat["eval.sampler"] not in SAMPLERS:
-        raise ConfigError(f"config key 'eval.sampler' = {flat['eval.sampler']!r}; expected one of {list(SAMPLERS)}")
-    if flat["data.name"] not in DATASETS:
-        raise ConfigError(f"config key 'data.name' = {flat['data.name']!r} is not a dataset of vdm.data.datasets.DATASETS; "
-                          f"expected one of {list(DATASETS)}")
+    for key, names in {**_CHOICES, **registries()}.items():
+        if flat[key] not in names:
+            raise ConfigError(f"config key '{key}' = {flat[key]!r}; expected one of {list(names)}")
     for key in _POSITIVE:
         if not flat[key] > 0:
             raise ConfigError(f"config key '{key}' must be > 0, got {flat[key]!r}")

@@ -1,7 +1,7 @@
 """The config schema: every key any vdm run reads, with its type and the paper's default.
 
 `base_config()` returns it. Config files (configs/*.py) start from it and
-override a few values; they never add keys (`vdm.config_validation.validate`
+override a few values; they never add keys (`vdm.config.validation.validate`
 rejects unknown keys by name, and a value of another type).
 """
 
@@ -20,7 +20,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.vocab_size = 17  # V: pixel values are 0..V-1
     c.data.num_classes = 10
     c.data.data_dir = ""  # tfds data dir; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
-    c.data.augmentation = "none"  # none | flip | dihedral (paper's CIFAR-10: flips + 90-degree rotations, fed as cond)
+    c.data.augmentation = "none"  # vdm.data.augment.AUGMENTATIONS (paper's CIFAR-10: flips + 90-degree rotations, fed as cond)
 
     c.model = ml_collections.ConfigDict()
     c.model.channels = 128
@@ -35,7 +35,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.cond_dim = 1  # extra conditioning inputs (augmentation flags); zeros if unused
     c.model.class_conditional = False
     c.model.label_dropout = 0.0  # classifier-free guidance: rate of replacing labels by the null label
-    c.model.prediction = "eps"  # eps | x | v
+    c.model.prediction = "eps"  # what the network predicts, vdm.core.diffusion.PREDICTIONS: eps | x | v | score
     c.model.input_skip = True  # eps_hat = z + net(z) (the official "base measure")
     c.model.scan_blocks = True
     c.model.fast_attention = True  # blocked queries, softmax normalised after the value product: same function, faster
@@ -45,7 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.loop_friendly_conv = False  # True: same values; a conv gradient XLA:CPU runs fast inside nn.scan (vdm.nets.cpu.conv)
 
     c.schedule = ml_collections.ConfigDict()
-    c.schedule.name = "learned_linear"  # fixed_linear | learned_linear | monotone_net | beta_linear | alpha_cosine
+    c.schedule.name = "learned_linear"  # vdm.core.schedules.SCHEDULES
     c.schedule.gamma_min = -13.3
     c.schedule.gamma_max = 5.0
     c.schedule.width = 1024  # monotone_net only
@@ -55,7 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.loss = ml_collections.ConfigDict()
     c.loss.num_steps = 0  # T: 0 = continuous time
-    c.loss.objective = "elbo"  # elbo | simple (DDPM's unweighted L_simple)
+    c.loss.objective = "elbo"  # vdm.core.losses.OBJECTIVES: elbo | simple (DDPM's unweighted L_simple)
     c.loss.decoder_window = 3  # decoder normaliser over 7 bins around z_0 (exact in float32; full V when not); 0 = all V
 
     c.optim = ml_collections.ConfigDict()
