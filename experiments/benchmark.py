@@ -36,9 +36,9 @@ import numpy as np
 from vdm import sampling
 from vdm.config.schema import base_config
 from vdm.config.validation import apply_overrides
-from vdm.model import VDM
-from vdm.optim import make_optimizer
-from vdm.train import create_train_state, make_eval_step, make_train_step
+from vdm.training.model import VDM
+from vdm.training.optim import make_optimizer
+from vdm.training.steps import create_train_state, make_eval_step, make_train_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

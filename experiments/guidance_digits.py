@@ -28,7 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdm import checkpoint, digits_quality, outputs, run, sampling
+from vdm import digits_quality, sampling
+from vdm.training import checkpoint, outputs, run
 from vdm.sampling import guidance
 from vdm.training import classifier
 from vdm.data import pipeline as data

@@ -65,9 +65,9 @@ def reevaluate(rows, points, root, repeats: int):
     """
     import jax
 
-    from vdm import checkpoint
+    from vdm.training import checkpoint
     from vdm.data import pipeline as data
-    from vdm.train import evaluate, make_eval_step
+    from vdm.training.steps import evaluate, make_eval_step
 
     splits = {}
     for row, point in zip(rows, points):

@@ -30,7 +30,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from experiments import repro_common as rc  # noqa: E402
-from vdm import checkpoint  # noqa: E402
+from vdm.training import checkpoint  # noqa: E402
 from vdm.data import pipeline as data
 from vdm.core import schedules  # noqa: E402
 

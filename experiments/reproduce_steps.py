@@ -23,9 +23,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from experiments import repro_common as rc  # noqa: E402
-from vdm import checkpoint, sweeps  # noqa: E402
+from vdm import sweeps  # noqa: E402
+from vdm.training import checkpoint
 from vdm.data import pipeline as data
-from vdm.train import evaluate, make_eval_step  # noqa: E402
+from vdm.training.steps import evaluate, make_eval_step  # noqa: E402
 
 EVAL_T = (10, 20, 50, 100, 200, 500, 1000, 0)
 

@@ -26,7 +26,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from experiments import repro_common as rc  # noqa: E402
-from vdm import checkpoint, sweeps  # noqa: E402
+from vdm import sweeps  # noqa: E402
+from vdm.training import checkpoint
 from vdm.data import pipeline as data
 
 

@@ -30,7 +30,7 @@ def tiny_config(**overrides):
 @pytest.fixture(scope="session")
 def finished_tiny_run(tmp_path_factory):
     """(config, workdir) of a finished tiny run (8 steps), trained once per test process."""
-    from vdm import run
+    from vdm.training import run
 
     workdir = str(tmp_path_factory.mktemp("finished_tiny_run"))
     config = tiny_config()

@@ -9,12 +9,12 @@ import jax
 import numpy as np
 import pytest
 
-from vdm import checkpoint, optim, run
+from vdm.training import checkpoint, optim, run
 from vdm.data import pipeline as data
 from vdm.config.validation import load_config_file
 from vdm.errors import CheckpointError, WorkdirError
-from vdm.model import VDM
-from vdm.train import create_train_state
+from vdm.training.model import VDM
+from vdm.training.steps import create_train_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,7 +52,7 @@ def test_round_trip_restores_state_and_data_position(tmp_path):
 def test_load_run_gives_config_model_and_ema_params(tmp_path):
     config, state = _state()
     os.makedirs(tmp_path, exist_ok=True)
-    from vdm import outputs
+    from vdm.training import outputs
 
     outputs.write_json(str(tmp_path / "config.json"), {"config": config.to_dict()})
     checkpoint.save(checkpoint.make_manager(str(tmp_path)), 3, state)

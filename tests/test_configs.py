@@ -18,9 +18,9 @@ import pytest
 
 from vdm.data import datasets, pipeline as data
 from vdm.config.validation import ConfigError, apply_overrides, load_config_file, load_config_module, validate
-from vdm.model import VDM
-from vdm.optim import make_optimizer
-from vdm.train import create_train_state, make_eval_step, make_train_step
+from vdm.training.model import VDM
+from vdm.training.optim import make_optimizer
+from vdm.training.steps import create_train_state, make_eval_step, make_train_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))

@@ -65,7 +65,7 @@ def test_exactness_guard_every_speed_switch_keeps_the_bits_per_dim():
     windowed decoder) vs all off, dropout on:
     per-example bpd within 1e-5 relative, gradients within 1e-5 over the whole tree."""
     from vdm.config.validation import apply_overrides, load_config_file
-    from vdm.model import VDM
+    from vdm.training.model import VDM
 
     def model(fast):
         c = apply_overrides(load_config_file("configs/tiny.py"), {

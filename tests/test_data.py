@@ -6,7 +6,7 @@ import types
 import numpy as np
 import pytest
 
-from vdm import distributed
+from vdm.training import distributed
 from vdm.data import datasets, pipeline as data
 from vdm.config.validation import load_config_file
 from vdm.errors import DataError, DatasetNotPrepared

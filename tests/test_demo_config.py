@@ -7,7 +7,7 @@ import numpy as np
 
 from conftest import ROOT
 
-from vdm import checkpoint, run
+from vdm.training import checkpoint, run
 from vdm.config.validation import apply_overrides, load_config_file
 
 

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from vdm import checkpoint
+from vdm.training import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

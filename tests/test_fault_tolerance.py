@@ -17,7 +17,7 @@ import pytest
 
 from conftest import LIGHT_EVAL  # what these tests check happens in training: the cheapest final evaluation
 
-from vdm import checkpoint, run
+from vdm.training import checkpoint, run
 from vdm.data import pipeline as data
 from vdm.config.validation import apply_overrides, load_config_file
 from vdm.errors import PREEMPTED_EXIT_CODE, NonFiniteLoss

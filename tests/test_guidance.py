@@ -10,7 +10,7 @@ import pytest
 from vdm.training import classifier
 from vdm.data import pipeline as data
 from vdm.config.validation import load_config_file
-from vdm.model import VDM
+from vdm.training.model import VDM
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import ROOT
 
-from vdm import checkpoint, run
+from vdm.training import checkpoint, run
 
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "workdir_before_layout")
 

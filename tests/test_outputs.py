@@ -3,7 +3,7 @@
 import numpy as np
 from PIL import Image
 
-from vdm import outputs
+from vdm.training import outputs
 
 
 def test_digit_grid_shows_100_samples_at_8x_with_2px_separators(tmp_path):

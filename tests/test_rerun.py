@@ -7,7 +7,7 @@ import sys
 
 from conftest import LIGHT_EVAL, ROOT, tiny_config
 
-from vdm import checkpoint, run
+from vdm.training import checkpoint, run
 
 
 def _cli(workdir, *extra):

@@ -74,7 +74,7 @@ def test_point_names_and_stderr():
 
 def test_a_point_whose_workdir_holds_another_config_is_reported_not_skipped(tmp_path):
     """Same rule as a rerun: a finished point counts only if its config.json is the point's config."""
-    from vdm import outputs
+    from vdm.training import outputs
 
     config_arg = os.path.join(ROOT, CONFIG)
     points = sweeps.load_sweep(config_arg)[:2]

@@ -8,11 +8,11 @@ import numpy as np
 import optax
 import pytest
 
-from vdm import optim
+from vdm.training import optim
 from vdm.data import pipeline as data
 from vdm.config.validation import load_config_file
-from vdm.model import VDM
-from vdm.train import create_train_state, evaluate, make_eval_step, make_train_step
+from vdm.training.model import VDM
+from vdm.training.steps import create_train_state, evaluate, make_eval_step, make_train_step
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@
                  [--distributed | --coordinator_address=HOST:PORT --num_processes=N --process_id=I]
                  [--verbose]
 
-Thin: the work is in `vdm.run` (train_and_evaluate, evaluate_run, sample_run).
+Thin: the work is in `vdm.training.run` (train_and_evaluate, evaluate_run, sample_run).
 Training resumes from the workdir's latest checkpoint when there is one; a workdir
 that holds a run of another config stops with one line naming the differing keys
 (exit 1). eval / sample / likelihood evaluate the model the workdir trained (its
@@ -73,10 +73,10 @@ def main(argv):
         from vdm import console
 
         console.quiet()
-    from vdm import run
+    from vdm.training import run
 
     if _DISTRIBUTED.value or _COORDINATOR.value:
-        from vdm import distributed
+        from vdm.training import distributed
 
         distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     config = _CONFIG.value

@@ -5,7 +5,7 @@ point ``{"loss.num_steps": 10, "training.seed": 0}``. Point p runs
 
     python -m vdm.main --config=<config> --workdir=<root>/<name(p)> --config.loss.num_steps=10 ...
 
-and is finished when its workdir holds `results.json` (`vdm.run`), so running a
+and is finished when its workdir holds `results.json` (`vdm.training.run`), so running a
 sweep again skips finished points and resumes interrupted ones from their last
 checkpoint. `collect` reads every point's results.json into rows; `write_table`
 writes them as markdown and CSV. `slurm_script` writes an array job instead.
@@ -79,7 +79,7 @@ def point_config(config_arg: str, point: dict):
 
 def stale_differences(config_arg: str, root: str, point: dict) -> list:
     """`checkpoint.config_differences` between the point's config and its workdir's config.json ([]: none there)."""
-    from vdm import checkpoint
+    from vdm.training import checkpoint
 
     workdir = os.path.join(root, point_name(point))
     if not os.path.exists(os.path.join(workdir, "config.json")):
@@ -101,11 +101,11 @@ def run_points(config_arg: str, points: list[dict], root: str, parallel: int = 1
     Each point's output goes to <root>/<name>/sweep.log. Progress is logged one
     line per start and finish.
     """
-    from vdm import checkpoint
+    from vdm.training import checkpoint
 
     os.makedirs(root, exist_ok=True)
     running, codes, todo = {}, {}, []
-    for p in points:  # a workdir answers only for the config it was trained with (the rule of vdm.run)
+    for p in points:  # a workdir answers only for the config it was trained with (the rule of vdm.training.run)
         differences = stale_differences(config_arg, root, p)
         if differences:
             codes[point_name(p)] = 1

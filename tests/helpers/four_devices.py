@@ -9,12 +9,12 @@ import os
 import jax
 import numpy as np
 
-from vdm import distributed, optim
+from vdm.training import distributed, optim
 from vdm.data import pipeline as data
 from vdm.config.validation import load_config_file
 from vdm.errors import DataError
-from vdm.model import VDM
-from vdm.train import create_train_state, make_train_step
+from vdm.training.model import VDM
+from vdm.training.steps import create_train_state, make_train_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -5,7 +5,7 @@ Training data order is a pure function of (seed, global batch index): grain's
 epoch, repeats forever and cuts it into *global* batches of B. Process p of P
 reads local batch p of every global batch, so the global batch at step n is the
 same whatever the number of processes or devices. The iterator state (the next
-index) is saved with each checkpoint (`vdm.checkpoint`), so a resumed run reads
+index) is saved with each checkpoint (`vdm.training.checkpoint`), so a resumed run reads
 exactly the batches an uninterrupted one would have.
 
 Augmentations (`data.augmentation`) are `vdm.data.augment`.

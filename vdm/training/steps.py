@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vdm import distributed, optim
-from vdm.model import VDM
+from vdm.training import distributed, optim
+from vdm.training.model import VDM
 
 TERM_NAMES = ("bpd", "bpd_prior", "bpd_reconstruction", "bpd_diffusion")
 

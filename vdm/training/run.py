@@ -21,15 +21,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdm import checkpoint, distributed, outputs
+from vdm.training import checkpoint, distributed, outputs
 from vdm.data import pipeline as data
 from vdm.config.validation import validate
 from vdm.data.datasets import Source
 from vdm.errors import ConfigError, NonFiniteLoss, WorkdirError
-from vdm.model import VDM
-from vdm.optim import make_optimizer
-from vdm.preemption import PreemptionGuard
-from vdm.train import MC_STDERR_NOTE, STDERR_NOTE, create_train_state, evaluate, generate, make_eval_step, make_train_step
+from vdm.training.model import VDM
+from vdm.training.optim import make_optimizer
+from vdm.training.preemption import PreemptionGuard
+from vdm.training.steps import (
+    MC_STDERR_NOTE,
+    STDERR_NOTE,
+    create_train_state,
+    evaluate,
+    generate,
+    make_eval_step,
+    make_train_step,
+)
 
 
 def _keys(seed: int):

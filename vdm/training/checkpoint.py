@@ -161,9 +161,9 @@ def describe_differences(differences, limit: int = 3) -> str:
 
 def load_run(workdir: str, step: int | None = None, ema: bool = True):
     """(config, model, params) of a run: its config.json, the VDM it builds, and the (EMA) parameters."""
-    from vdm.model import VDM
-    from vdm.optim import make_optimizer
-    from vdm.train import create_train_state
+    from vdm.training.model import VDM
+    from vdm.training.optim import make_optimizer
+    from vdm.training.steps import create_train_state
 
     config = load_config(workdir)
     model = VDM.from_config(config)
