@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vdm import digits_quality, sampling
-from vdm.training import checkpoint, outputs, run
+from vdm.training import loop, outputs, workdirs
 from vdm.sampling import guidance
 from vdm.training import classifier
 from vdm.data import pipeline as data
@@ -69,8 +69,8 @@ def main():
 
     config = load_config_file("configs/digits.py", "conditional")
     start = time.time()
-    results = run.train_and_evaluate(config, args.workdir)
-    _, model, params = checkpoint.load_run(args.workdir)
+    results = loop.train_and_evaluate(config, args.workdir)
+    _, model, params = workdirs.load_run(args.workdir)
     ds = data.load_dataset("digits")
     clf = digits_quality.fit_digit_classifier(ds)
     real = _judge(clf, ds.test.images, ds.test.labels)

@@ -65,13 +65,14 @@ def reevaluate(rows, points, root, repeats: int):
     """
     import jax
 
-    from vdm.training import checkpoint
+    from vdm.training import workdirs
     from vdm.data import pipeline as data
-    from vdm.training.steps import evaluate, make_eval_step
+    from vdm.training.evaluation import evaluate
+    from vdm.training.steps import make_eval_step
 
     splits = {}
     for row, point in zip(rows, points):
-        config, model, params = checkpoint.load_run(os.path.join(root, sweeps.point_name(point)))
+        config, model, params = workdirs.load_run(os.path.join(root, sweeps.point_name(point)))
         name = config.data.name
         if name not in splits:
             splits[name] = data.load_dataset(name, config.data.data_dir or None).test

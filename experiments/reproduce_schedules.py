@@ -30,7 +30,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from experiments import repro_common as rc  # noqa: E402
-from vdm.training import checkpoint  # noqa: E402
+from vdm.training import workdirs  # noqa: E402
 from vdm.data import pipeline as data
 from vdm.core import schedules  # noqa: E402
 
@@ -68,7 +68,7 @@ def main():
         p.add_argument("--schedule_lr", type=float, default=3e-2)
 
     args, _, _, _ = rc.parse_args("schedules", __doc__, "steps", extra)
-    config, model, params = checkpoint.load_run(args.workdir)
+    config, model, params = workdirs.load_run(args.workdir)
     g0, g1 = (float(v) for v in model.gamma_fn(params)(jnp.array([0.0, 1.0])))
     dataset = data.load_dataset(config.data.name, config.data.data_dir or None)
     print(f"model {args.workdir}: gamma_0={g0:.4f} gamma_1={g1:.4f}", flush=True)

@@ -24,9 +24,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from experiments import repro_common as rc  # noqa: E402
 from vdm import sweeps  # noqa: E402
-from vdm.training import checkpoint
+from vdm.training import workdirs
 from vdm.data import pipeline as data
-from vdm.training.steps import evaluate, make_eval_step  # noqa: E402
+from vdm.training.evaluation import evaluate  # noqa: E402
+from vdm.training.steps import make_eval_step  # noqa: E402
 
 EVAL_T = (10, 20, 50, 100, 200, 500, 1000, 0)
 
@@ -36,7 +37,7 @@ def label(T) -> str:
 
 
 def evaluate_L_T(workdir, repeats: int):
-    config, model, params = checkpoint.load_run(workdir)
+    config, model, params = workdirs.load_run(workdir)
     test = data.load_dataset(config.data.name, config.data.data_dir or None).test
     out = {}
     for T in EVAL_T:

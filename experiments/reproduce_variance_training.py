@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from experiments import repro_common as rc  # noqa: E402
 from vdm import sweeps  # noqa: E402
-from vdm.training import checkpoint
+from vdm.training import workdirs
 from vdm.data import pipeline as data
 
 
@@ -48,7 +48,7 @@ def main():
     for point in points:
         name = sweeps.point_name(point)
         workdir = os.path.join(root, name)
-        config, model, params = checkpoint.load_run(workdir)
+        config, model, params = workdirs.load_run(workdir)
         test = data.load_dataset(config.data.name, config.data.data_dir or None).test
         steps, var = train_curve(workdir)
         late = var[steps >= 0.75 * steps.max()]

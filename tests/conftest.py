@@ -30,9 +30,9 @@ def tiny_config(**overrides):
 @pytest.fixture(scope="session")
 def finished_tiny_run(tmp_path_factory):
     """(config, workdir) of a finished tiny run (8 steps), trained once per test process."""
-    from vdm.training import run
+    from vdm.training import loop
 
     workdir = str(tmp_path_factory.mktemp("finished_tiny_run"))
     config = tiny_config()
-    run.train_and_evaluate(config, workdir)
+    loop.train_and_evaluate(config, workdir)
     return config, workdir

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from vdm.training import checkpoint, optim, run
+from vdm.training import checkpoint, optim, workdirs
 from vdm.data import pipeline as data
 from vdm.config.validation import load_config_file
 from vdm.errors import CheckpointError, WorkdirError
@@ -56,12 +56,12 @@ def test_load_run_gives_config_model_and_ema_params(tmp_path):
 
     outputs.write_json(str(tmp_path / "config.json"), {"config": config.to_dict()})
     checkpoint.save(checkpoint.make_manager(str(tmp_path)), 3, state)
-    loaded_config, model, params = checkpoint.load_run(str(tmp_path))
+    loaded_config, model, params = workdirs.load_run(str(tmp_path))
     assert loaded_config.model.channels == 8 and model.image_shape == (8, 8, 1)
     for a, b in zip(_leaves(params), _leaves(state.ema_params)):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(CheckpointError, match="no checkpoint for step 7 .* it has \\[3\\]"):
-        checkpoint.load_run(str(tmp_path), step=7)
+        workdirs.load_run(str(tmp_path), step=7)
 
 
 def test_checkpoint_from_an_incompatible_config_names_the_parameter(tmp_path):
@@ -79,7 +79,7 @@ def test_unwritable_workdir_is_reported(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
     with pytest.raises(WorkdirError, match=f"workdir {blocker}/run is not writable .*pass a writable --workdir"):
-        run.check_workdir(str(blocker / "run"))
+        workdirs.check_workdir(str(blocker / "run"))
 
 
 @pytest.fixture

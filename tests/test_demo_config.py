@@ -7,7 +7,8 @@ import numpy as np
 
 from conftest import ROOT
 
-from vdm.training import checkpoint, run
+from vdm.training import loop, workdirs
+from vdm.training.run import Run
 from vdm.config.validation import apply_overrides, load_config_file
 
 
@@ -28,12 +29,12 @@ def test_two_short_runs_with_one_seed_give_identical_parameters(tmp_path):
              "eval.sampler_steps": 2}
     leaves = []
     for name in ("a", "b"):
-        run.train_and_evaluate(_demo(**short), str(tmp_path / name))
-        _, _, params = checkpoint.load_run(str(tmp_path / name), ema=False)
+        loop.train_and_evaluate(_demo(**short), str(tmp_path / name))
+        _, _, params = workdirs.load_run(str(tmp_path / name), ema=False)
         leaves.append([np.asarray(x) for x in jax.tree.leaves(params)])
     for a, b in zip(*leaves):
         np.testing.assert_array_equal(a, b)
-    _, _, initial = checkpoint.load_run(str(tmp_path / "a"), ema=False)  # not vacuous: training moved them
-    fresh = run._Run(_demo(**short), str(tmp_path / "c")).fresh_state().params
+    _, _, initial = workdirs.load_run(str(tmp_path / "a"), ema=False)  # not vacuous: training moved them
+    fresh = Run(_demo(**short), str(tmp_path / "c")).fresh_state().params
     assert any(not np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(jax.tree.leaves(initial),
                                                                                    jax.tree.leaves(fresh)))

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from vdm.training import checkpoint
+from vdm.training import workdirs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,8 +49,8 @@ def _cli(workdir, *extra):
 
 
 def _params(workdir):
-    _, _, params = checkpoint.load_run(str(workdir), ema=False)
-    _, _, ema = checkpoint.load_run(str(workdir), ema=True)
+    _, _, params = workdirs.load_run(str(workdir), ema=False)
+    _, _, ema = workdirs.load_run(str(workdir), ema=True)
     return params, ema
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import LIGHT_EVAL  # what these tests check happens in training: the cheapest final evaluation
 
-from vdm.training import checkpoint, run
+from vdm.training import loop, workdirs
 from vdm.data import pipeline as data
 from vdm.config.validation import apply_overrides, load_config_file
 from vdm.errors import PREEMPTED_EXIT_CODE, NonFiniteLoss
@@ -43,8 +43,8 @@ def _run(workdir, **env):
 
 
 def _final_state(workdir):
-    _, _, params = checkpoint.load_run(str(workdir), ema=False)
-    _, _, ema = checkpoint.load_run(str(workdir), ema=True)
+    _, _, params = workdirs.load_run(str(workdir), ema=False)
+    _, _, ema = workdirs.load_run(str(workdir), ema=True)
     return [np.asarray(x) for x in jax.tree.leaves((params, ema))]
 
 
@@ -152,16 +152,16 @@ def _tiny(on_nonfinite):
 def test_nan_step_stops_the_run_naming_the_step_and_keeps_the_good_checkpoint(tmp_path, monkeypatch):
     _nan_at_step(monkeypatch, 2)
     with pytest.raises(NonFiniteLoss, match="step 2 gave a non-finite loss") as info:
-        run.train_and_evaluate(_tiny("stop"), str(tmp_path))
+        loop.train_and_evaluate(_tiny("stop"), str(tmp_path))
     assert "Last good checkpoint: step 2" in str(info.value) and "\n" not in str(info.value)
     assert _steps(tmp_path) == [2]
-    _, _, params = checkpoint.load_run(str(tmp_path), ema=False)
+    _, _, params = workdirs.load_run(str(tmp_path), ema=False)
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
 
 def test_nan_step_is_skipped_when_configured(tmp_path, monkeypatch):
     _nan_at_step(monkeypatch, 5)
-    results = run.train_and_evaluate(_tiny("skip"), str(tmp_path))
+    results = loop.train_and_evaluate(_tiny("skip"), str(tmp_path))
     assert np.isfinite(results["test_bpd"])
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     rejected = {r["step"]: r["rejected_steps"] for r in rows if r["split"] == "train"}

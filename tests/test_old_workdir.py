@@ -18,7 +18,7 @@ import pytest
 
 from conftest import ROOT
 
-from vdm.training import checkpoint, run
+from vdm.training import evaluation, workdirs
 
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "workdir_before_layout")
 
@@ -34,8 +34,8 @@ def old_workdir(tmp_path):
 def test_a_workdir_of_the_old_layout_evaluates_to_its_stored_test_bits_per_dim(old_workdir):
     with open(os.path.join(FIXTURE, "results.json")) as f:
         stored = json.load(f)
-    config = checkpoint.load_config(old_workdir)
-    results = run.evaluate_run(config, old_workdir)
+    config = workdirs.load_config(old_workdir)
+    results = evaluation.evaluate_run(config, old_workdir)
     names = [k for k in stored if k.startswith("test_")]
     assert "test_bpd" in names and len(names) == 8  # bpd, its three terms, and their standard errors
     for name in names:

@@ -7,7 +7,7 @@ import sys
 
 from conftest import LIGHT_EVAL, ROOT, tiny_config
 
-from vdm.training import checkpoint, run
+from vdm.training import loop, workdirs
 
 
 def _cli(workdir, *extra):
@@ -38,7 +38,7 @@ def test_rerun_with_the_same_config_reports_the_stored_result(finished_tiny_run,
     again = config.copy_and_resolve_references()
     again.training.max_seconds = 123.0  # keys that do not change what is computed may differ
     again.eval.batch_size = 50
-    assert run.train_and_evaluate(again, workdir) == stored
+    assert loop.train_and_evaluate(again, workdir) == stored
     out = capsys.readouterr().out
     assert "already finished" in out and f"test_bpd={stored['test_bpd']:.4f}" in out
 
@@ -46,13 +46,13 @@ def test_rerun_with_the_same_config_reports_the_stored_result(finished_tiny_run,
 def test_config_differences_name_only_keys_that_change_the_computation():
     a, b = tiny_config(), tiny_config(training__max_seconds=5.0, checkpoint__every_steps=4, model__dropout=0.1,
                                       training__seed=7)
-    assert [d[0] for d in checkpoint.config_differences(b, a)] == ["model.dropout", "training.seed"]
-    assert checkpoint.describe_differences(checkpoint.config_differences(b, a), limit=1) == \
+    assert [d[0] for d in workdirs.config_differences(b, a)] == ["model.dropout", "training.seed"]
+    assert workdirs.describe_differences(workdirs.config_differences(b, a), limit=1) == \
         "model.dropout = 0.1 here, 0.0 in the workdir (and 1 more)"
 
 
 def test_eval_modes_use_the_stored_model_with_the_given_eval_keys(finished_tiny_run):
     _, workdir = finished_tiny_run
     other = tiny_config(model__channels=16, eval__num_samples=2)
-    config = run.stored_config(other, workdir)
+    config = workdirs.stored_config(other, workdir)
     assert config.model.channels == 8 and config.eval.num_samples == 2

@@ -5,7 +5,8 @@
                  [--distributed | --coordinator_address=HOST:PORT --num_processes=N --process_id=I]
                  [--verbose]
 
-Thin: the work is in `vdm.training.run` (train_and_evaluate, evaluate_run, sample_run).
+Thin: the work is in `vdm.training`: loop.train_and_evaluate, evaluation.evaluate_run /
+likelihood_run, generation.sample_run.
 Training resumes from the workdir's latest checkpoint when there is one; a workdir
 that holds a run of another config stops with one line naming the differing keys
 (exit 1). eval / sample / likelihood evaluate the model the workdir trained (its
@@ -73,7 +74,7 @@ def main(argv):
         from vdm import console
 
         console.quiet()
-    from vdm.training import run
+    from vdm.training import evaluation, generation, loop, workdirs
 
     if _DISTRIBUTED.value or _COORDINATOR.value:
         from vdm.training import distributed
@@ -84,16 +85,16 @@ def main(argv):
     if not _WORKDIR.value:
         raise app.UsageError("--workdir is required")
     if _MODE.value == "train":
-        run.train_and_evaluate(config, _WORKDIR.value)
+        loop.train_and_evaluate(config, _WORKDIR.value)
         return
-    config = run.stored_config(config, _WORKDIR.value)  # the other modes evaluate the model the workdir trained
+    config = workdirs.stored_config(config, _WORKDIR.value)  # the other modes evaluate the model the workdir trained
     if _MODE.value == "eval":
-        run.evaluate_run(config, _WORKDIR.value, _STEP.value)
+        evaluation.evaluate_run(config, _WORKDIR.value, _STEP.value)
     elif _MODE.value == "sample":
-        run.sample_run(config, _WORKDIR.value, _STEP.value, _SEED.value, _SAMPLER.value, _STEPS.value,
+        generation.sample_run(config, _WORKDIR.value, _STEP.value, _SEED.value, _SAMPLER.value, _STEPS.value,
                        _GUIDANCE.value, _LABEL.value)
     else:
-        run.likelihood_run(config, _WORKDIR.value, _STEP.value, _PROBE.value, _MAX_EXAMPLES.value, _SEED.value)
+        evaluation.likelihood_run(config, _WORKDIR.value, _STEP.value, _PROBE.value, _MAX_EXAMPLES.value, _SEED.value)
 
 
 def cli():

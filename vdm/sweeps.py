@@ -5,7 +5,7 @@ point ``{"loss.num_steps": 10, "training.seed": 0}``. Point p runs
 
     python -m vdm.main --config=<config> --workdir=<root>/<name(p)> --config.loss.num_steps=10 ...
 
-and is finished when its workdir holds `results.json` (`vdm.training.run`), so running a
+and is finished when its workdir holds `results.json` (`vdm.training.loop`), so running a
 sweep again skips finished points and resumes interrupted ones from their last
 checkpoint. `collect` reads every point's results.json into rows; `write_table`
 writes them as markdown and CSV. `slurm_script` writes an array job instead.
@@ -78,13 +78,13 @@ def point_config(config_arg: str, point: dict):
 
 
 def stale_differences(config_arg: str, root: str, point: dict) -> list:
-    """`checkpoint.config_differences` between the point's config and its workdir's config.json ([]: none there)."""
-    from vdm.training import checkpoint
+    """`workdirs.config_differences` between the point's config and its workdir's config.json ([]: none there)."""
+    from vdm.training import workdirs
 
     workdir = os.path.join(root, point_name(point))
     if not os.path.exists(os.path.join(workdir, "config.json")):
         return []
-    return checkpoint.config_differences(point_config(config_arg, point), checkpoint.load_config(workdir))
+    return workdirs.config_differences(point_config(config_arg, point), workdirs.load_config(workdir))
 
 
 def is_finished(root: str, point: dict) -> bool:
@@ -101,16 +101,16 @@ def run_points(config_arg: str, points: list[dict], root: str, parallel: int = 1
     Each point's output goes to <root>/<name>/sweep.log. Progress is logged one
     line per start and finish.
     """
-    from vdm.training import checkpoint
+    from vdm.training import workdirs
 
     os.makedirs(root, exist_ok=True)
     running, codes, todo = {}, {}, []
-    for p in points:  # a workdir answers only for the config it was trained with (the rule of vdm.training.run)
+    for p in points:  # a workdir answers only for the config it was trained with (the rule of vdm.training.workdirs)
         differences = stale_differences(config_arg, root, p)
         if differences:
             codes[point_name(p)] = 1
             log(f"sweep: {point_name(p)} NOT RUN: {os.path.join(root, point_name(p))} holds a run of another config: "
-                f"{checkpoint.describe_differences(differences)}; delete it or use another --root")
+                f"{workdirs.describe_differences(differences)}; delete it or use another --root")
         elif not is_finished(root, p):
             todo.append(p)
     skipped = len(points) - len(todo) - len(codes)

@@ -3,21 +3,18 @@
 A save is written to `<step>.orbax-checkpoint-tmp` and renamed when complete,
 so a process killed inside a save leaves no step directory and the next start
 restores the previous complete one (`latest_step` never sees the temporary).
-The data item is grain's iterator state (one JSON per process).
-
-`load_run(workdir)` gives scripts and notebooks (config, model, EMA params).
+The data item is grain's iterator state (one JSON per process). A workdir's
+other files (config.json, results.json) are `vdm.training.workdirs`.
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import os
 import signal
 
 import grain
 import jax
-import ml_collections
 import orbax.checkpoint as ocp
 
 from vdm.errors import CheckpointError
@@ -109,65 +106,3 @@ def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = N
     if data_iterator is not None:
         args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     return manager.restore(step, args=ocp.args.Composite(**args))["state"]
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise CheckpointError(f"{path} not found: is {workdir} a vdm workdir?")
-    with open(path) as f:
-        saved = json.load(f)["config"]
-    from vdm.config.schema import base_config
-
-    config = base_config()  # keys added to vdm/config/schema.py after the run started take their defaults
-    for section, values in saved.items():
-        if section in config and isinstance(values, dict):
-            config[section].update(values)
-        else:
-            config[section] = values
-    config.data.image_shape = tuple(config.data.image_shape)
-    return config
-
-
-# Keys that change when or how a run is observed, not what it computes: a rerun may change them freely.
-RERUN_FREE_KEYS = frozenset({
-    "training.max_seconds", "training.log_every", "training.donate_state", "eval.batch_size",
-    "checkpoint.every_steps", "checkpoint.every_minutes", "checkpoint.max_to_keep", "data.data_dir",
-})
-
-
-def config_differences(config, stored) -> list[tuple[str, object, object]]:
-    """[(key, value in `config`, value in `stored`)] for every key that changes what a run computes.
-
-    Both are ConfigDicts (`stored` typically `load_config(workdir)`); keys in
-    RERUN_FREE_KEYS are not compared.
-    """
-    from vdm.config.validation import flatten
-
-    def flat(c):  # tuples as lists: a config read back from config.json has lists
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in flatten(c).items()}
-
-    new, old = flat(config), flat(stored)
-    return [(k, new.get(k), old.get(k)) for k in sorted(set(new) | set(old))
-            if k not in RERUN_FREE_KEYS and new.get(k) != old.get(k)]
-
-
-def describe_differences(differences, limit: int = 3) -> str:
-    """'model.channels = 16 here, 8 in the workdir; ...' for the first `limit` differences."""
-    shown = "; ".join(f"{k} = {new!r} here, {old!r} in the workdir" for k, new, old in differences[:limit])
-    more = len(differences) - limit
-    return shown + (f" (and {more} more)" if more > 0 else "")
-
-
-def load_run(workdir: str, step: int | None = None, ema: bool = True):
-    """(config, model, params) of a run: its config.json, the VDM it builds, and the (EMA) parameters."""
-    from vdm.training.model import VDM
-    from vdm.training.optim import make_optimizer
-    from vdm.training.steps import create_train_state
-
-    config = load_config(workdir)
-    model = VDM.from_config(config)
-    tx, _ = make_optimizer(config.optim, config.training.num_steps)
-    abstract = jax.eval_shape(lambda: create_train_state(model, tx, jax.random.key(0)))
-    state = restore(make_manager(workdir), abstract, step)
-    return config, model, state.ema_params if ema else state.params

@@ -1,4 +1,4 @@
-"""Pure train / eval steps and the training loop `train_and_evaluate(config, workdir)`.
+"""The jitted train and eval steps, pure functions of the train state and a batch.
 
 train_step(state, batches, base_key) -> (state, metrics) runs `steps_per_call`
 optimizer steps under one `lax.scan` (batches carry a leading [K] axis); the
@@ -8,12 +8,9 @@ steps are grouped into calls.
 
 from __future__ import annotations
 
-import functools
-
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from vdm.training import distributed, optim
@@ -110,71 +107,3 @@ def make_eval_step(model: VDM, mesh=None):
         return jax.jit(eval_step)
     repl, batch = distributed.replicated(mesh), distributed.batch_sharding(mesh)
     return jax.jit(eval_step, in_shardings=(repl, batch, repl), out_shardings=batch)
-
-
-STDERR_NOTE = "standard error of the mean over test examples (each example's value averaged over the repeats)"
-MC_STDERR_NOTE = "Monte-Carlo standard error: std over repeats of the split mean / sqrt(repeats)"
-
-
-def evaluate(eval_step, params, split, batch_size: int, key, num_repeats: int = 1, mesh=None):
-    """ELBO over a whole split, `num_repeats` Monte-Carlo passes.
-
-    Returns {name: mean over examples and repeats} and, for every name, two errors
-    with one meaning each (see STDERR_NOTE, MC_STDERR_NOTE):
-    '<name>_stderr': std over examples of the per-example mean / sqrt(N), the error
-    of the split mean as an estimate for the data distribution (any num_repeats);
-    '<name>_mc_stderr' (num_repeats > 1 only): the Monte-Carlo error of the mean over
-    this split, std over repeats of the split mean / sqrt(num_repeats).
-    With a `mesh`, every process holds the split and feeds its part of each batch.
-    """
-    from vdm.data.pipeline import eval_batches, local_part
-
-    per_repeat = {name: [] for name in TERM_NAMES}
-    per_example = {name: np.zeros(len(split)) for name in TERM_NAMES}
-    for r in range(num_repeats):
-        sums = {name: 0.0 for name in TERM_NAMES}
-        offset = 0
-        for b, batch in enumerate(eval_batches(split, batch_size)):
-            mask = batch.pop("mask")
-            if mesh is not None:
-                batch = distributed.global_batch(local_part(batch, jax.process_index(), jax.process_count()), mesh)
-            terms = eval_step(params, batch, jax.random.fold_in(jax.random.fold_in(key, r), b))
-            n = int(mask.sum())
-            for name in TERM_NAMES:
-                values = distributed.to_host(terms[name])[:n]
-                sums[name] += float(values.sum())
-                per_example[name][offset : offset + n] += values / num_repeats
-            offset += n
-        for name in TERM_NAMES:
-            per_repeat[name].append(sums[name] / len(split))
-    out = {}
-    for name in TERM_NAMES:
-        out[name] = float(np.mean(per_repeat[name]))
-        out[name + "_stderr"] = float(np.std(per_example[name], ddof=1) / np.sqrt(len(split)))
-        if num_repeats > 1:
-            out[name + "_mc_stderr"] = float(np.std(per_repeat[name], ddof=1) / np.sqrt(num_repeats))
-    return out
-
-
-@functools.partial(jax.jit, static_argnums=(0, 3, 4, 6, 7))
-def generate(model: VDM, params, key, num_samples: int, num_steps: int, labels=None, sampler: str = "ancestral",
-             guidance: float = 0.0):
-    """Integer samples [N, H, W, C] from a sampler of `vdm.sampling.SAMPLERS` with `num_steps` steps.
-
-    labels [N] (class-conditional models; None = the null label, i.e. unconditional);
-    guidance: classifier-free weight w (needs labels).
-    """
-    from vdm import sampling
-
-    k_sample, k_decode = jax.random.split(key)
-    if guidance:
-        if labels is None:
-            raise ValueError("classifier-free guidance needs labels")
-        eps_hat_fn = model.guided_eps_hat_fn(params, labels, guidance)
-    else:
-        eps_hat_fn = model.eps_hat_fn(params, labels=labels)
-    z_0 = sampling.get_sampler(sampler)(
-        k_sample, eps_hat_fn, model.gamma_fn(params), (num_samples, *model.image_shape), num_steps
-    )
-    gamma_0 = model.gamma_fn(params)(jnp.zeros((1,)))[0]
-    return sampling.decode(z_0, gamma_0, model.vocab_size, k_decode)

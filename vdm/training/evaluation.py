@@ -1,0 +1,201 @@
+"""Test bits/dim: the ELBO over a whole split, what a finished run reports, and the ODE likelihood.
+
+    evaluate          the ELBO terms over a split, Monte-Carlo repeats, two standard errors
+    bits_per_dim      the same for a model and a set of images (`vdm.bits_per_dim`)
+    test_elbo         a run's test terms, named by the likelihood they bound
+    final_evaluation  results.json and the final samples of a run
+    evaluate_run      --mode=eval
+    likelihood_run    --mode=likelihood: bits/dim through the probability-flow ODE next to the ELBO
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vdm.data import pipeline
+from vdm.errors import ConfigError
+from vdm.sampling import likelihood
+from vdm.training import distributed, outputs
+from vdm.training.generation import write_pictures
+from vdm.training.run import Run, num_parameters
+from vdm.training.steps import TERM_NAMES, make_eval_step
+from vdm.training.workdirs import result_line
+
+STDERR_NOTE = "standard error of the mean over test examples (each example's value averaged over the repeats)"
+MC_STDERR_NOTE = "Monte-Carlo standard error: std over repeats of the split mean / sqrt(repeats)"
+
+
+def evaluate(eval_step, params, split, batch_size: int, key, num_repeats: int = 1, mesh=None):
+    """ELBO over a whole split, `num_repeats` Monte-Carlo passes.
+
+    Returns {name: mean over examples and repeats} and, for every name, two errors
+    with one meaning each (see STDERR_NOTE, MC_STDERR_NOTE):
+    '<name>_stderr': std over examples of the per-example mean / sqrt(N), the error
+    of the split mean as an estimate for the data distribution (any num_repeats);
+    '<name>_mc_stderr' (num_repeats > 1 only): the Monte-Carlo error of the mean over
+    this split, std over repeats of the split mean / sqrt(num_repeats).
+    With a `mesh`, every process holds the split and feeds its part of each batch.
+    """
+    per_repeat = {name: [] for name in TERM_NAMES}
+    per_example = {name: np.zeros(len(split)) for name in TERM_NAMES}
+    for r in range(num_repeats):
+        sums = {name: 0.0 for name in TERM_NAMES}
+        offset = 0
+        for b, batch in enumerate(pipeline.eval_batches(split, batch_size)):
+            mask = batch.pop("mask")
+            if mesh is not None:
+                batch = distributed.global_batch(pipeline.local_part(batch, jax.process_index(), jax.process_count()), mesh)
+            terms = eval_step(params, batch, jax.random.fold_in(jax.random.fold_in(key, r), b))
+            n = int(mask.sum())
+            for name in TERM_NAMES:
+                values = distributed.to_host(terms[name])[:n]
+                sums[name] += float(values.sum())
+                per_example[name][offset : offset + n] += values / num_repeats
+            offset += n
+        for name in TERM_NAMES:
+            per_repeat[name].append(sums[name] / len(split))
+    out = {}
+    for name in TERM_NAMES:
+        out[name] = float(np.mean(per_repeat[name]))
+        out[name + "_stderr"] = float(np.std(per_example[name], ddof=1) / np.sqrt(len(split)))
+        if num_repeats > 1:
+            out[name + "_mc_stderr"] = float(np.std(per_repeat[name], ddof=1) / np.sqrt(num_repeats))
+    return out
+
+
+def bits_per_dim(model, params, images, labels=None, key=None, num_repeats: int = 1, batch_size: int = 256) -> dict:
+    """-ELBO of integer images [N, H, W, C] in bits/dim under a VDM: the means and errors of `evaluate`.
+
+    Returns {'bpd', 'bpd_prior', 'bpd_reconstruction', 'bpd_diffusion'}, each with
+    '<name>_stderr' (and '<name>_mc_stderr' when num_repeats > 1). labels [N]: the
+    classes of a class-conditional model (default: the null label, a bound on
+    log p(x) for a model trained with label dropout). key: default key(0).
+    """
+    images = np.asarray(images)
+    labels = np.full(len(images), model.num_classes, np.int32) if labels is None else np.asarray(labels, np.int32)
+    key = jax.random.key(0) if key is None else key
+    return evaluate(make_eval_step(model), params, pipeline.Split(images, labels), batch_size, key, num_repeats)
+
+
+def conditional_name(key: str) -> str:
+    """'bpd_prior_stderr' -> 'bpd_prior_conditional_stderr' (the suffix goes before the error's name)."""
+    for tail in ("_mc_stderr", "_stderr"):
+        if key.endswith(tail):
+            return key[: -len(tail)] + "_conditional" + tail
+    return key + "_conditional"
+
+
+def test_elbo(run: Run, params, test: pipeline.Split, key, num_repeats: int = 1) -> dict:
+    """Test ELBO terms, each under a name that says which likelihood it bounds.
+
+    Unconditional models: 'bpd', its terms and errors (-ELBO of log p(x)).
+    Class-conditional models: the same names with '_conditional' (log p(x | y),
+    true labels), and, if they were trained with label dropout, the plain names
+    for the null label (log p(x)). 'bpd' always means log p(x).
+    """
+    model = run.model
+
+    def on(split):
+        return evaluate(run.eval_step, params, split, run.config.eval.batch_size, key, num_repeats, run.mesh)
+
+    res = on(test)
+    if not model.class_conditional:
+        return res
+    out = {conditional_name(k): v for k, v in res.items()}
+    if model.label_dropout > 0:
+        out.update(on(pipeline.Split(test.images, np.full_like(test.labels, model.num_classes))))
+    return out
+
+
+def final_evaluation(run: Run, state, test: pipeline.Split, train_seconds=None):
+    """Test bits/dim over the whole split with EMA parameters -> results.json; samples -> PNG + npz.
+
+    Returns (results, path of results.json).
+    """
+    config, model = run.config, run.model
+    res = test_elbo(run, state.ema_params, test, run.keys["final"], config.eval.num_repeats)
+    samples = write_pictures(run, state.ema_params, "final", run.keys["sample"])
+    gamma = distributed.to_host(model.gamma_fn(state.ema_params)(jnp.array([0.0, 1.0])))
+    results = {
+        **{f"test_{k}": v for k, v in res.items()},
+        "bpd_means": ("-ELBO of log p(x | y) in bits/dim ('_conditional'); of log p(x) (null label)"
+                      if model.class_conditional else "-ELBO of log p(x) in bits/dim"),
+        "parameters": "EMA parameters (decay %g, warmed up)" % config.optim.ema_decay,
+        "stderr": STDERR_NOTE,
+        "mc_stderr": MC_STDERR_NOTE + " (%d repeats)" % config.eval.num_repeats,
+        "num_test_examples": len(test),
+        "step": int(distributed.to_host(state.step)),
+        "num_parameters": num_parameters(state.params),
+        "train_seconds": train_seconds,
+        "gamma_0": float(gamma[0]),
+        "gamma_1": float(gamma[1]),
+        "samples": "samples_final.png (first %d), samples.npz (all %d; %s, --steps %d)" % (
+            min(outputs.GRID_MAX_IMAGES, config.eval.num_samples), config.eval.num_samples,
+            config.eval.sampler, config.eval.sampler_steps),
+    }
+    path = os.path.join(run.workdir, "results.json")
+    if run.main:
+        np.savez_compressed(os.path.join(run.workdir, "samples.npz"), samples=samples)
+        outputs.write_json(path, results)
+    return results, path
+
+
+def evaluate_run(config, workdir: str, step: int | None = None) -> dict:
+    """--mode=eval: re-evaluates a checkpoint (default: latest) -> results.json."""
+    run = Run(config, workdir)
+    state = run.restore(step)
+    results, path = final_evaluation(run, state, run.test_split())
+    if run.main:
+        print(result_line(results, path), flush=True)
+    return results
+
+
+def likelihood_run(config, workdir: str, step: int | None = None, probe: str = "rademacher",
+                   max_examples: int = 0, seed: int = 0) -> dict:
+    """Test-split bits/dim through the probability-flow ODE (both dequantisations) next to the ELBO -> likelihood.json."""
+    run = Run(config, workdir)
+    state = run.restore(step)
+    test = run.test_split()
+    if max_examples:
+        test = pipeline.Split(test.images[:max_examples], test.labels[:max_examples])
+    params, model = state.ema_params, run.model
+    elbo = test_elbo(run, params, test, run.keys["final"], config.eval.num_repeats)
+    if "bpd" not in elbo:
+        raise ConfigError("--mode=likelihood computes log p(x) through the ODE with the null label, which this "
+                          "class-conditional model never learned (model.label_dropout = 0)")
+
+    @functools.partial(jax.jit, static_argnums=2)
+    def ode_bpd(x_int, key, dequantization):
+        return likelihood.bits_per_dim(x_int, model.eps_hat_fn(params), model.gamma_fn(params), model.vocab_size,
+                                       key, dequantization=dequantization, probe=probe)
+
+    out = {"elbo_bpd": elbo["bpd"], "elbo_bpd_stderr": elbo["bpd_stderr"], "num_examples": len(test),
+           "step": int(distributed.to_host(state.step)), "probe": probe,
+           "elbo": "continuous-time ELBO (%d Monte-Carlo passes), EMA parameters" % config.eval.num_repeats,
+           "stderr": STDERR_NOTE}
+    for deq, note in likelihood.DEQUANTIZATIONS.items():
+        start, values = time.time(), []
+        for b, batch in enumerate(pipeline.eval_batches(test, config.eval.batch_size)):
+            n = int(batch["mask"].sum())
+            key = jax.random.fold_in(jax.random.key(seed), b)
+            values.append(np.asarray(ode_bpd(jnp.asarray(batch["images"]), key, deq))[:n])
+        values = np.concatenate(values)
+        out[f"ode_bpd_{deq}"] = float(values.mean())
+        out[f"ode_bpd_{deq}_stderr"] = float(values.std(ddof=1) / np.sqrt(len(values)))
+        out[f"ode_{deq}_dequantization"] = note
+        out[f"ode_{deq}_seconds"] = time.time() - start
+    if run.main:
+        outputs.write_json(os.path.join(workdir, "likelihood.json"), out)
+        print(f"test bits/dim of log p(x) over {len(test)} examples (± standard error over examples):")
+        print(f"  ELBO                        {out['elbo_bpd']:.4f} ± {out['elbo_bpd_stderr']:.4f}")
+        for deq in likelihood.DEQUANTIZATIONS:
+            print(f"  ODE, {deq:<11} dequant.  {out[f'ode_bpd_{deq}']:.4f} ± {out[f'ode_bpd_{deq}_stderr']:.4f}"
+                  f"   ({out[f'ode_{deq}_dequantization']})")
+        print(f"likelihood={os.path.abspath(os.path.join(workdir, 'likelihood.json'))}", flush=True)
+    return out

@@ -1,0 +1,158 @@
+"""A run's workdir as files: which config it trained, whether it is finished, and loading it back.
+
+    <workdir>/config.json    the config the run trains, with package versions and the git commit
+    <workdir>/results.json   written when the run is finished (`vdm.training.evaluation`)
+    <workdir>/checkpoints/   train states and data positions (`vdm.training.checkpoint`)
+
+A workdir answers only for the config it was trained with: `check_same_config`
+stops a rerun of another config, and `stored_config` makes --mode=eval|sample|likelihood
+evaluate the model the workdir trained. `load_run(workdir)` gives notebooks and
+scripts the config, the model and its (EMA) parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import NamedTuple
+
+import jax
+import ml_collections
+
+from vdm.config.schema import base_config
+from vdm.config.validation import flatten
+from vdm.errors import CheckpointError, WorkdirError
+from vdm.training import checkpoint, distributed, outputs
+from vdm.training.model import VDM
+from vdm.training.optim import make_optimizer
+from vdm.training.steps import create_train_state
+
+
+def check_workdir(workdir: str) -> None:
+    """WorkdirError unless workdir can be created and written."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, f".write_test.{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise WorkdirError(f"workdir {workdir} is not writable ({e.strerror or e}); pass a writable --workdir") from None
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config in <workdir>/config.json on today's schema; CheckpointError if there is none."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path} not found: is {workdir} a vdm workdir?")
+    with open(path) as f:
+        saved = json.load(f)["config"]
+    config = base_config()  # keys added to vdm/config/schema.py after the run started take their defaults
+    for section, values in saved.items():
+        if section in config and isinstance(values, dict):
+            config[section].update(values)
+        else:
+            config[section] = values
+    config.data.image_shape = tuple(config.data.image_shape)
+    return config
+
+
+# Keys that change when or how a run is observed, not what it computes: a rerun may change them freely.
+RERUN_FREE_KEYS = frozenset({
+    "training.max_seconds", "training.log_every", "training.donate_state", "eval.batch_size",
+    "checkpoint.every_steps", "checkpoint.every_minutes", "checkpoint.max_to_keep", "data.data_dir",
+})
+
+
+def config_differences(config, stored) -> list[tuple[str, object, object]]:
+    """[(key, value in `config`, value in `stored`)] for every key that changes what a run computes.
+
+    Both are ConfigDicts (`stored` typically `load_config(workdir)`); keys in
+    RERUN_FREE_KEYS are not compared.
+    """
+    def flat(c):  # tuples as lists: a config read back from config.json has lists
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in flatten(c).items()}
+
+    new, old = flat(config), flat(stored)
+    return [(k, new.get(k), old.get(k)) for k in sorted(set(new) | set(old))
+            if k not in RERUN_FREE_KEYS and new.get(k) != old.get(k)]
+
+
+def describe_differences(differences, limit: int = 3) -> str:
+    """'model.channels = 16 here, 8 in the workdir; ...' for the first `limit` differences."""
+    shown = "; ".join(f"{k} = {new!r} here, {old!r} in the workdir" for k, new, old in differences[:limit])
+    more = len(differences) - limit
+    return shown + (f" (and {more} more)" if more > 0 else "")
+
+
+def write_config(config, workdir: str) -> None:
+    """<workdir>/config.json: the config with the package versions and the git commit of the code."""
+    outputs.write_json(os.path.join(workdir, "config.json"), {"config": config.to_dict(), **outputs.run_metadata()})
+
+
+def check_same_config(config, workdir: str) -> None:
+    """WorkdirError if `workdir` holds a run of a config that computes something else than `config`.
+
+    Keys in `RERUN_FREE_KEYS` (wall-clock cap, logging, checkpoint
+    cadence, eval batch size) may differ. Nothing is written.
+    """
+    if not os.path.exists(os.path.join(workdir, "config.json")):
+        return
+    differences = config_differences(config, load_config(workdir))
+    if differences:
+        raise WorkdirError(
+            f"{workdir} holds a run of another config: {describe_differences(differences)}; nothing "
+            f"was changed. Use a new --workdir, or the config in {os.path.join(workdir, 'config.json')}")
+
+
+def stored_config(config, workdir: str):
+    """For --mode=eval|sample|likelihood: the workdir's own config (the model it trained), with `config`'s eval keys.
+
+    Without a config.json in the workdir, `config` itself.
+    """
+    if not os.path.exists(os.path.join(workdir, "config.json")):
+        return config
+    stored = load_config(workdir)
+    stored.eval = config.eval
+    differences = [d for d in config_differences(config, stored) if not d[0].startswith("eval.")]
+    if differences and distributed.is_main_process():
+        print(f"vdm: using the model of {workdir}/config.json; --config differs in "
+              f"{describe_differences(differences)}", file=sys.stderr, flush=True)
+    return stored
+
+
+def read_results(workdir: str) -> dict | None:
+    """results.json of a finished run, None while it is not finished."""
+    path = os.path.join(workdir, "results.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def result_line(results: dict, path: str) -> str:
+    """The last line a run prints: `test_bpd=<v> results=<path>` (test_bpd_conditional= where only that exists)."""
+    name = "test_bpd" if "test_bpd" in results else "test_bpd_conditional"
+    return f"{name}={results[name]:.4f} results={os.path.abspath(path)}"
+
+
+class LoadedRun(NamedTuple):
+    """A trained run: its config, the VDM it builds, and the parameters of one checkpoint."""
+
+    config: ml_collections.ConfigDict
+    model: VDM
+    params: dict
+
+
+def load_run(workdir: str, step: int | None = None, ema: bool = True) -> LoadedRun:
+    """(config, model, params) of a run: its config.json, the VDM it builds, the EMA (or raw) parameters.
+
+    step: a checkpoint step (default: the latest complete one).
+    """
+    config = load_config(workdir)
+    model = VDM.from_config(config)
+    tx, _ = make_optimizer(config.optim, config.training.num_steps)
+    abstract = jax.eval_shape(lambda: create_train_state(model, tx, jax.random.key(0)))
+    state = checkpoint.restore(checkpoint.make_manager(workdir), abstract, step)
+    return LoadedRun(config, model, state.ema_params if ema else state.params)
