@@ -34,7 +34,7 @@ test-all: $(STAMP)
 # same command resumes; finished, it reports again (rm -rf runs/demo to start over).
 demo: $(STAMP)
 	$(PY) -m vdm.main --config=configs/digits.py --workdir=$(DEMO_DIR)
-	$(PY) -m vdm.digits_quality $(DEMO_DIR)
+	$(PY) -m vdm.metrics.digits_quality $(DEMO_DIR)
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info

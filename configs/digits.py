@@ -8,7 +8,7 @@ Two variants, the paper's likelihood-vs-samples trade-off made explicit:
   puts its training signal at mid and low SNR, where digit shapes are decided,
   so samples look like digits; test bpd is still computed with the exact
   continuous-time ELBO. Reaches test bpd <= 2.0 and passes the sample check
-  (`python -m vdm.digits_quality`, 1000 samples) with confidence ratio >= 0.88.
+  (`python -m vdm.metrics.digits_quality`, 1000 samples) with confidence ratio >= 0.88.
       python -m vdm.main --config=configs/digits.py --workdir=runs/digits
 * `long` (~25 minutes on 2 cores): trains the ELBO itself with learned
   log-SNR-linear endpoints (initial gamma range [-8, 5]), the best likelihood:

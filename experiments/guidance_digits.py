@@ -9,7 +9,7 @@
    noisy training digits (the model's own schedule), then samples the model's
    unconditional mode (null label) with ε̃ = ε̂(z, ∅) − s σ_t ∇ log p(y | z_t);
 4. judges every sample with a logistic regression trained on clean digits
-   (`vdm.digits_quality`): the fraction assigned the requested class, with its
+   (`vdm.metrics.digits_quality`): the fraction assigned the requested class, with its
    binomial standard error.
 
 Writes results/guidance_digits.{md,json} and one PNG grid per setting
@@ -28,7 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdm import digits_quality, sampling
+from vdm import sampling
+from vdm.metrics import digits_quality
 from vdm.training import loop, outputs, workdirs
 from vdm.sampling import guidance
 from vdm.training import classifier

@@ -15,7 +15,7 @@ import os
 import sys
 import time
 
-from vdm import sweeps
+from experiments import sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "results")
@@ -34,11 +34,11 @@ def parse_args(name: str, doc: str, variant: str, extra=None):
     if extra:
         extra(parser)
     args = parser.parse_args()
-    points = sweeps.load_sweep(f"configs/repro.py:{variant}")
+    points = sweep.load_sweep(f"configs/repro.py:{variant}")
     config_arg = f"configs/repro.py:{variant}" if args.size == "small" else PAPER_CONFIG
     root = args.root or os.path.join(ROOT, "runs", "repro" if args.size == "small" else "repro_paper", name)
     if args.slurm:
-        sweeps.slurm_script(config_arg, points, root, args.slurm)
+        sweep.slurm_script(config_arg, points, root, args.slurm)
         print(f"wrote {args.slurm}; after `sbatch {args.slurm}` finishes, run this script again to write the results")
         sys.exit(0)
     return args, config_arg, points, root
@@ -47,12 +47,12 @@ def parse_args(name: str, doc: str, variant: str, extra=None):
 def run_sweep(config_arg, points, root, parallel):
     """Runs the unfinished points; exits with a message if any failed."""
     start = time.time()
-    codes = sweeps.run_points(config_arg, points, root, parallel)
+    codes = sweep.run_points(config_arg, points, root, parallel)
     failed = [n for n, c in codes.items() if c != 0]
     if failed:
         sys.exit(f"points failed: {failed}; see {root}/<point>/sweep.log, then run again (finished points are kept)")
     print(f"sweep finished in {time.time() - start:.0f} s", flush=True)
-    return sweeps.collect(root, points, fields=("test_bpd", "test_bpd_stderr", "step", "train_seconds", "gamma_0",
+    return sweep.collect(root, points, fields=("test_bpd", "test_bpd_stderr", "step", "train_seconds", "gamma_0",
                                                 "gamma_1"))
 
 
@@ -72,13 +72,13 @@ def reevaluate(rows, points, root, repeats: int):
 
     splits = {}
     for row, point in zip(rows, points):
-        config, model, params = workdirs.load_run(os.path.join(root, sweeps.point_name(point)))
+        config, model, params = workdirs.load_run(os.path.join(root, sweep.point_name(point)))
         name = config.data.name
         if name not in splits:
             splits[name] = data.load_dataset(name, config.data.data_dir or None).test
         res = evaluate(make_eval_step(model), params, splits[name], config.eval.batch_size, jax.random.key(0), repeats)
         row["test_bpd"], row["test_bpd_stderr"] = res["bpd"], res["bpd_stderr"]
-        print(f"re-evaluated {sweeps.point_name(point)}: {fmt(res['bpd'], res['bpd_stderr'])}", flush=True)
+        print(f"re-evaluated {sweep.point_name(point)}: {fmt(res['bpd'], res['bpd_stderr'])}", flush=True)
     return rows
 
 
@@ -88,7 +88,7 @@ def paired(rows, key, a, b, seed_key="training.seed"):
     for r in rows:
         by_seed.setdefault(r[seed_key], {})[r[key]] = r["test_bpd"]
     diffs = [d[b] - d[a] for d in by_seed.values() if a in d and b in d]
-    return sweeps.mean_and_stderr(diffs)
+    return sweep.mean_and_stderr(diffs)
 
 
 def paired_verdict(mean, se) -> str:
@@ -104,7 +104,7 @@ def by_setting(rows, key):
     out = {}
     for value, group in groups.items():
         bpd = [r["test_bpd"] for r in group]
-        mean, se = sweeps.mean_and_stderr(bpd)
+        mean, se = sweep.mean_and_stderr(bpd)
         out[value] = (mean, se, bpd, sum(r["step"] for r in group) / len(group))
     return out
 

@@ -23,7 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from experiments import repro_common as rc  # noqa: E402
-from vdm import sweeps  # noqa: E402
+from experiments import sweep  # noqa: E402
 from vdm.training import workdirs
 from vdm.data import pipeline as data
 from vdm.training.evaluation import evaluate  # noqa: E402
@@ -72,11 +72,11 @@ def main():
     lines += rc.difference_table(rows, "loss.num_steps", order, stats, label=lambda T: f"T={label(T)}")
 
     continuous = [p for p in points if p["loss.num_steps"] == 0][0]
-    workdir = f"{root}/{sweeps.point_name(continuous)}"
+    workdir = f"{root}/{sweep.point_name(continuous)}"
     L_T = evaluate_L_T(workdir, args.lt_repeats)
     lines += [
         "",
-        f"L_T of one model trained in continuous time (`{sweeps.point_name(continuous)}`), evaluated with T steps; "
+        f"L_T of one model trained in continuous time (`{sweep.point_name(continuous)}`), evaluated with T steps; "
         f"{args.lt_repeats} Monte-Carlo passes over the test split, the same noise and times for every T "
         "(so the differences between rows are much more precise than the ± on each):",
         "",

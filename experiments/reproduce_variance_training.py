@@ -26,7 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from experiments import repro_common as rc  # noqa: E402
-from vdm import sweeps  # noqa: E402
+from experiments import sweep  # noqa: E402
 from vdm.training import workdirs
 from vdm.data import pipeline as data
 
@@ -46,7 +46,7 @@ def main():
     per_point, curves, gammas = {}, {}, {}
     t_grid = jnp.linspace(0.0, 1.0, 201)
     for point in points:
-        name = sweeps.point_name(point)
+        name = sweep.point_name(point)
         workdir = os.path.join(root, name)
         config, model, params = workdirs.load_run(workdir)
         test = data.load_dataset(config.data.name, config.data.data_dir or None).test
@@ -75,19 +75,19 @@ def main():
         "|---|---|---|---|---|---|",
     ]
     for point, row in zip(points, rows):
-        r = per_point[sweeps.point_name(point)]
+        r = per_point[sweep.point_name(point)]
         lines.append(f"| {point[key]} | {point['training.seed']} | {r['steps']} | "
                      f"{r['batch_variance_last_quarter']:.4f} | {r['variance_within']:.4f} | {row['test_bpd']:.4f} |")
     lines += ["", "| interior trained on | test bpd, mean ± s.e. over seeds | variance given x, mean |", "|---|---|---|"]
     for value, (m, s, _, _) in stats.items():
-        names = [sweeps.point_name(p) for p in points if p[key] == value]
+        names = [sweep.point_name(p) for p in points if p[key] == value]
         lines.append(f"| {value} | {rc.fmt(m, s)} | {np.mean([per_point[n]['variance_within'] for n in names]):.4f} |")
     lines += rc.difference_table(rows, key, ["elbo", "variance"], stats) + [""]
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     colors = {"elbo": "tab:orange", "variance": "tab:blue"}
     for point in points:
-        name = sweeps.point_name(point)
+        name = sweep.point_name(point)
         steps, var = curves[name]
         smooth = np.convolve(var, np.ones(5) / 5, mode="valid")
         ax1.plot(steps[4:], smooth, color=colors[point[key]], alpha=0.8,

@@ -16,10 +16,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.parametrize("variant", ["steps", "schedule", "fourier", "prediction"])
 def test_every_reproduction_sweep_is_valid_at_paper_size(variant):
     """experiments/repro_common.py --size=paper runs each configs/repro.py sweep on configs/cifar10.py."""
-    from vdm import sweeps
+    from experiments import sweep
 
     base = load_config_file(os.path.join(ROOT, "configs", "cifar10.py"))
-    for point in sweeps.load_sweep(os.path.join(ROOT, f"configs/repro.py:{variant}")):
+    for point in sweep.load_sweep(os.path.join(ROOT, f"configs/repro.py:{variant}")):
         apply_overrides(base.copy_and_resolve_references(), point)
 
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from vdm import digits_quality
+from vdm.metrics import digits_quality
 from vdm.data import pipeline as data
 
 

@@ -14,7 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vdm import mixture, sampling
+import mixture
+
+from vdm import sampling
 from vdm.sampling import likelihood, sde
 from vdm.core import schedules
 from vdm.core import diffusion as D

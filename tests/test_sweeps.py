@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from vdm import sweeps
+from experiments import sweep
 from vdm.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,15 +60,15 @@ def test_bad_sweep_points_fail_naming_the_key(tmp_path):
                    f"def get_config(arg=None):\n    return load_config_file({tiny!r})\n"
                    "def get_sweep(arg=None):\n    return [{'training.sed': 1}]\n")
     with pytest.raises(ConfigError, match="training.sed"):
-        sweeps.load_sweep(str(bad))
+        sweep.load_sweep(str(bad))
     with pytest.raises(ConfigError, match="get_sweep"):
-        sweeps.load_sweep(os.path.join(ROOT, "configs", "tiny.py"))
+        sweep.load_sweep(os.path.join(ROOT, "configs", "tiny.py"))
 
 
 def test_point_names_and_stderr():
-    assert sweeps.point_name({"loss.num_steps": 10, "training.seed": 2}) == "num_steps=10,seed=2"
-    assert sweeps.point_name({"a.seed": 1, "b.seed": 2}) == "a.seed=1,b.seed=2"
-    mean, se = sweeps.mean_and_stderr([1.0, 2.0, 3.0])
+    assert sweep.point_name({"loss.num_steps": 10, "training.seed": 2}) == "num_steps=10,seed=2"
+    assert sweep.point_name({"a.seed": 1, "b.seed": 2}) == "a.seed=1,b.seed=2"
+    mean, se = sweep.mean_and_stderr([1.0, 2.0, 3.0])
     assert mean == 2.0 and abs(se - 1 / 3**0.5) < 1e-12
 
 
@@ -77,20 +77,20 @@ def test_a_point_whose_workdir_holds_another_config_is_reported_not_skipped(tmp_
     from vdm.training import outputs
 
     config_arg = os.path.join(ROOT, CONFIG)
-    points = sweeps.load_sweep(config_arg)[:2]
+    points = sweep.load_sweep(config_arg)[:2]
     for i, point in enumerate(points):
-        workdir = tmp_path / sweeps.point_name(point)
+        workdir = tmp_path / sweep.point_name(point)
         workdir.mkdir()
-        config = sweeps.point_config(config_arg, point)
+        config = sweep.point_config(config_arg, point)
         if i == 1:
             config.model.channels = 16  # the workdir was trained with another config
         outputs.write_json(str(workdir / "config.json"), {"config": config.to_dict()})
         outputs.write_json(str(workdir / "results.json"), {"test_bpd": 3.0 + i})
     lines = []
-    codes = sweeps.run_points(config_arg, points, str(tmp_path), log=lines.append)
-    stale = sweeps.point_name(points[1])
+    codes = sweep.run_points(config_arg, points, str(tmp_path), log=lines.append)
+    stale = sweep.point_name(points[1])
     assert codes == {stale: 1}  # nothing was started: point 0 is finished, point 1 is stale
     assert any(f"{stale} NOT RUN" in line and "model.channels = 8 here, 16 in the workdir" in line for line in lines)
     assert "1 already finished, 0 to run, 1 at a time, 1 stale (not run)" in lines[-1]
-    rows = sweeps.collect(str(tmp_path), points, config_arg=config_arg)
+    rows = sweep.collect(str(tmp_path), points, config_arg=config_arg)
     assert [r["test_bpd"] for r in rows] == [3.0, None]

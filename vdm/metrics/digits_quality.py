@@ -99,7 +99,7 @@ def format_report(report: dict) -> str:
 
 
 def main(argv=None) -> int:
-    """python -m vdm.digits_quality WORKDIR: checks WORKDIR/samples.npz, prints the figures, writes sample_check.json.
+    """python -m vdm.metrics.digits_quality WORKDIR: checks WORKDIR/samples.npz, prints the figures, writes sample_check.json.
 
     Exit code 0 if the samples pass, 1 (with what to try) if they fail, 2 if there are none.
     """
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
 
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m vdm.digits_quality WORKDIR", file=sys.stderr)
+        print("usage: python -m vdm.metrics.digits_quality WORKDIR", file=sys.stderr)
         return 2
     path = os.path.join(args[0], "samples.npz")
     if not os.path.exists(path):
