@@ -46,10 +46,15 @@ def exact_divergence(f, z):
     return jnp.sum(jax.vmap(column)(jnp.arange(d)), axis=0)
 
 
+def value_and_hutchinson_divergence(f, z, probe):
+    """(f(z), vᵀ (∂f/∂z) v per example [B]) from one `jax.jvp`, v = probe: unbiased for ∇·f when E[v vᵀ] = I."""
+    value, jv = jax.jvp(f, (z,), (probe,))
+    return value, jnp.sum((probe * jv).reshape(z.shape[0], -1), -1)
+
+
 def hutchinson_divergence(f, z, probe):
     """vᵀ (∂f/∂z) v per example, [B]: unbiased for ∇·f when E[v vᵀ] = I."""
-    _, jv = jax.jvp(f, (z,), (probe,))
-    return jnp.sum((probe * jv).reshape(z.shape[0], -1), -1)
+    return value_and_hutchinson_divergence(f, z, probe)[1]
 
 
 def make_probe(key, shape, kind: str):
@@ -77,8 +82,7 @@ def ode_log_prob(z_0, eps_hat_fn, gamma_fn, key=None, divergence: str = "hutchin
         f = lambda y: sde.ode_drift(eps_hat_fn, gamma_fn, y, t)  # noqa: E731
         if divergence == "exact":
             return f(z), exact_divergence(f, z)
-        drift, jv = jax.jvp(f, (z,), (v,))
-        return drift, jnp.sum((v * jv).reshape(z.shape[0], -1), -1)
+        return value_and_hutchinson_divergence(f, z, v)
 
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(field), diffrax.Tsit5(), t0=0.0, t1=1.0, dt0=1e-3,
