@@ -29,12 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from vdm import sampling
-from vdm.metrics import digits_quality
-from vdm.training import loop, outputs, workdirs
-from vdm.sampling import guidance
-from vdm.training import classifier
-from vdm.data import pipeline as data
 from vdm.config.validation import load_config_file
+from vdm.data import pipeline as data
+from vdm.metrics import digits_quality
+from vdm.sampling import guidance
+from vdm.training import classifier, loop, outputs, workdirs
 
 
 def _generate(model, eps_hat_fn, params, key, n, steps):

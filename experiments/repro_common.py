@@ -65,8 +65,8 @@ def reevaluate(rows, points, root, repeats: int):
     """
     import jax
 
-    from vdm.training import workdirs
     from vdm.data import pipeline as data
+    from vdm.training import workdirs
     from vdm.training.evaluation import evaluate
     from vdm.training.steps import make_eval_step
 

@@ -30,9 +30,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from experiments import repro_common as rc  # noqa: E402
-from vdm.training import workdirs  # noqa: E402
-from vdm.data import pipeline as data
 from vdm.core import schedules  # noqa: E402
+from vdm.data import pipeline as data
+from vdm.training import workdirs  # noqa: E402
 
 FIXED = {"log-SNR linear": schedules.FixedLinear, "β-linear": schedules.BetaLinear,
          "α-cosine": schedules.AlphaCosine}

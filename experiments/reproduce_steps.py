@@ -22,10 +22,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from experiments import repro_common as rc  # noqa: E402
 from experiments import sweep  # noqa: E402
-from vdm.training import workdirs
+from experiments import repro_common as rc  # noqa: E402
 from vdm.data import pipeline as data
+from vdm.training import workdirs
 from vdm.training.evaluation import evaluate  # noqa: E402
 from vdm.training.steps import make_eval_step  # noqa: E402
 

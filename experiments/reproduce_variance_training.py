@@ -25,10 +25,10 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from experiments import repro_common as rc  # noqa: E402
 from experiments import sweep  # noqa: E402
-from vdm.training import workdirs
+from experiments import repro_common as rc  # noqa: E402
 from vdm.data import pipeline as data
+from vdm.training import workdirs
 
 
 def train_curve(workdir):

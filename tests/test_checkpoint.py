@@ -9,10 +9,10 @@ import jax
 import numpy as np
 import pytest
 
-from vdm.training import checkpoint, optim, workdirs
-from vdm.data import pipeline as data
 from vdm.config.validation import load_config_file
+from vdm.data import pipeline as data
 from vdm.errors import CheckpointError, WorkdirError
+from vdm.training import checkpoint, optim, workdirs
 from vdm.training.model import VDM
 from vdm.training.steps import create_train_state
 

@@ -6,10 +6,10 @@ import types
 import numpy as np
 import pytest
 
-from vdm.training import distributed
-from vdm.data import datasets, pipeline as data
 from vdm.config.validation import load_config_file
+from vdm.data import datasets, pipeline as data
 from vdm.errors import DataError, DatasetNotPrepared
+from vdm.training import distributed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -7,9 +7,9 @@ import numpy as np
 
 from conftest import ROOT
 
+from vdm.config.validation import apply_overrides, load_config_file
 from vdm.training import loop, workdirs
 from vdm.training.run import Run
-from vdm.config.validation import apply_overrides, load_config_file
 
 
 def _demo(**overrides):

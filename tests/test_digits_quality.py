@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from vdm.metrics import digits_quality
 from vdm.data import pipeline as data
+from vdm.metrics import digits_quality
 
 
 def test_real_digits_pass_copies_and_noise_fail():

@@ -17,10 +17,10 @@ import pytest
 
 from conftest import LIGHT_EVAL  # what these tests check happens in training: the cheapest final evaluation
 
-from vdm.training import loop, workdirs
-from vdm.data import pipeline as data
 from vdm.config.validation import apply_overrides, load_config_file
-from vdm.errors import PREEMPTED_EXIT_CODE, NonFiniteLoss
+from vdm.data import pipeline as data
+from vdm.errors import NonFiniteLoss, PREEMPTED_EXIT_CODE
+from vdm.training import loop, workdirs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVERRIDES = ["--config.checkpoint.every_steps=2", "--config.checkpoint.max_to_keep=10",

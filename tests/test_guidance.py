@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vdm.training import classifier
-from vdm.data import pipeline as data
 from vdm.config.validation import load_config_file
+from vdm.data import pipeline as data
+from vdm.training import classifier
 from vdm.training.model import VDM
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

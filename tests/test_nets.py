@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from vdm.config.validation import load_config_file
-from vdm.training.model import VDM
 from vdm.nets import ScoreUNet
 from vdm.nets.layers import AttnBlock, Base2FourierFeatures, ResnetBlock
+from vdm.training.model import VDM
 
 
 def _count(tree):

@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vdm.core import diffusion as D
 from vdm import sampling
 from vdm.core import schedules
+from vdm.core import diffusion as D
 
 MODES = (-0.5, 0.5)  # x uniform on two points
 

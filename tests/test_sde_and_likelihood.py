@@ -17,9 +17,9 @@ import pytest
 import mixture
 
 from vdm import sampling
-from vdm.sampling import likelihood, sde
 from vdm.core import schedules
 from vdm.core import diffusion as D
+from vdm.sampling import likelihood, sde
 
 MIX = mixture.three_blobs()
 SCHEDULE = schedules.FixedLinear(-10.0, 10.0)

@@ -8,11 +8,11 @@ import numpy as np
 import optax
 import pytest
 
-from vdm.training import optim
-from vdm.data import pipeline as data
 from vdm.config.validation import load_config_file
-from vdm.training.model import VDM
+from vdm.data import pipeline as data
+from vdm.training import optim
 from vdm.training.evaluation import evaluate
+from vdm.training.model import VDM
 from vdm.training.steps import create_train_state, make_eval_step, make_train_step
 
 

@@ -9,10 +9,10 @@ import os
 import jax
 import numpy as np
 
-from vdm.training import distributed, optim
-from vdm.data import pipeline as data
 from vdm.config.validation import load_config_file
+from vdm.data import pipeline as data
 from vdm.errors import DataError
+from vdm.training import distributed, optim
 from vdm.training.model import VDM
 from vdm.training.steps import create_train_state, make_train_step
 

@@ -24,8 +24,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from vdm.sampling import sde
 from vdm.core import diffusion, losses
+from vdm.sampling import sde
 
 
 def standard_normal_log_prob(z):
