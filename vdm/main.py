@@ -92,7 +92,7 @@ def main(argv):
         evaluation.evaluate_run(config, _WORKDIR.value, _STEP.value)
     elif _MODE.value == "sample":
         generation.sample_run(config, _WORKDIR.value, _STEP.value, _SEED.value, _SAMPLER.value, _STEPS.value,
-                       _GUIDANCE.value, _LABEL.value)
+                              _GUIDANCE.value, _LABEL.value)
     else:
         evaluation.likelihood_run(config, _WORKDIR.value, _STEP.value, _PROBE.value, _MAX_EXAMPLES.value, _SEED.value)
 
