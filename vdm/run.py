@@ -59,9 +59,11 @@ class _Run:
         validate(config)
         data.check_config(config)
         self.config, self.workdir = config, workdir
+        distributed.check_cpu_devices(config.cpu.devices)
         self.mesh = distributed.data_mesh()
         distributed.check_batch_size(config.training.batch_size, self.mesh)
         distributed.check_batch_size(config.eval.batch_size, self.mesh, "eval.batch_size")
+        distributed.check_batch_size(config.eval.num_samples, self.mesh, "eval.num_samples")
         self.model = VDM.from_config(config)
         self.tx, self.lr_schedule = make_optimizer(config.optim, config.training.num_steps)
         self.keys = _keys(config.training.seed)
@@ -92,7 +94,7 @@ class _Run:
     def generate(self, params, key, num_samples=None):
         c = self.config.eval
         return distributed.to_host(generate(self.model, params, key, num_samples or c.num_samples, c.sampler_steps,
-                                            sampler=c.sampler))
+                                            sampler=c.sampler, mesh=self.mesh))
 
     def write_pictures(self, params, tag, key, num_samples=None):
         samples = self.generate(params, key, num_samples)
@@ -359,7 +361,7 @@ def sample_run(config, workdir: str, step: int | None = None, seed: int = 0, sam
         raise ConfigError("--guidance needs a class-conditional model (model.class_conditional=True)")
     start = time.time()
     samples = distributed.to_host(generate(run.model, state.ema_params, jax.random.key(seed), n, steps, labels,
-                                           sampler, float(guidance)))
+                                           sampler, float(guidance), run.mesh))
     seconds = time.time() - start
     tag = sampler + (f"_w{guidance:g}" if guidance else "")
     png = os.path.join(workdir, f"samples_{tag}.png")

@@ -156,13 +156,15 @@ def evaluate(eval_step, params, split, batch_size: int, key, num_repeats: int = 
     return out
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3, 4, 6, 7))
+@functools.partial(jax.jit, static_argnums=(0, 3, 4, 6, 7, 8))
 def generate(model: VDM, params, key, num_samples: int, num_steps: int, labels=None, sampler: str = "ancestral",
-             guidance: float = 0.0):
+             guidance: float = 0.0, mesh=None):
     """Integer samples [N, H, W, C] from a sampler of `vdm.sampling.SAMPLERS` with `num_steps` steps.
 
     labels [N] (class-conditional models; None = the null label, i.e. unconditional);
-    guidance: classifier-free weight w (needs labels).
+    guidance: classifier-free weight w (needs labels). With a `mesh`, the samples
+    are split over its 'data' axis (N divisible by its size): each device runs the
+    network on its part of the batch.
     """
     from vdm import guidance as guide
     from vdm import sampling
@@ -174,8 +176,11 @@ def generate(model: VDM, params, key, num_samples: int, num_steps: int, labels=N
         eps_hat_fn = guide.classifier_free_eps_hat_fn(model, params, labels, guidance)
     else:
         eps_hat_fn = model.eps_hat_fn(params, labels=labels)
+    shard = (lambda x: x) if mesh is None else functools.partial(
+        jax.lax.with_sharding_constraint, shardings=distributed.batch_sharding(mesh))
     z_0 = sampling.get_sampler(sampler)(
-        k_sample, eps_hat_fn, model.gamma_fn(params), (num_samples, *model.image_shape), num_steps
+        k_sample, lambda z, gamma: eps_hat_fn(shard(z), gamma), model.gamma_fn(params),
+        (num_samples, *model.image_shape), num_steps
     )
     gamma_0 = model.gamma_fn(params)(jnp.zeros((1,)))[0]
-    return sampling.decode(z_0, gamma_0, model.vocab_size, k_decode)
+    return shard(sampling.decode(shard(z_0), gamma_0, model.vocab_size, k_decode))
