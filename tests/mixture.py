@@ -7,11 +7,16 @@ x ~ Σ_k π_k N(μ_k, Σ_k) in R^d. Under the VDM forward process z_t = α_t x +
 
 and the optimal denoiser is ε̂(z_t) = E[ε | z_t] = −σ_t ∇ log q(z_t). This is the
 ground truth the samplers and the likelihood are tested against.
+
+With Σ_k = U_k diag(λ_k) U_kᵀ (eigendecomposed once), C_k = U_k diag(α_t² λ_k + σ_t²) U_kᵀ:
+its inverse and log-determinant are elementwise in that basis, so densities and scores
+need no matrix solve per point.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -32,33 +37,36 @@ class GaussianMixture:
         """n points [n, d] from the mixture (t = 0, no diffusion noise)."""
         k_comp, k_noise = jax.random.split(key)
         comp = jax.random.choice(k_comp, len(self.weights), (n,), p=jnp.asarray(self.weights))
-        chol = jnp.linalg.cholesky(jnp.asarray(self.covs))[comp]
+        chol = jnp.asarray(np.linalg.cholesky(self.covs))[comp]
         noise = jax.random.normal(k_noise, (n, self.dim))
         return jnp.asarray(self.means)[comp] + jnp.einsum("nij,nj->ni", chol, noise)
 
-    def _components(self, gamma):
-        """alpha, sigma scalars and per-component means [K, d], covariances [K, d, d] at log-SNR -gamma."""
-        alpha, sigma = jnp.sqrt(jax.nn.sigmoid(-gamma)), jnp.sqrt(jax.nn.sigmoid(gamma))
-        means = alpha * jnp.asarray(self.means)
-        covs = alpha**2 * jnp.asarray(self.covs) + sigma**2 * jnp.eye(self.dim)
-        return alpha, sigma, means, covs
+    @functools.cached_property
+    def _eigh(self):
+        """Eigenvalues λ [K, d] and eigenvectors U [K, d, d] (columns) of the covariances Σ_k."""
+        lam, u = np.linalg.eigh(self.covs)
+        return lam.astype(np.float32), u.astype(np.float32)  # numpy: a cached jax array could be a tracer
 
-    def _log_joint_one(self, z, gamma):
-        """log π_k + log N(z; α μ_k, C_k) for each component k: [K]."""
-        _, _, means, covs = self._components(gamma)
-        diff = z - means  # [K, d]
-        sol = jnp.linalg.solve(covs, diff[..., None])[..., 0]
-        _, logdet = jnp.linalg.slogdet(covs)
-        log_comp = -0.5 * (jnp.sum(diff * sol, -1) + logdet + self.dim * jnp.log(2 * jnp.pi))
-        return log_comp + jnp.log(jnp.asarray(self.weights))
+    def _in_eigenbasis(self, z, gamma):
+        """U_kᵀ (z − α μ_k) [B, K, d] and the variances α² λ_k + σ² of C_k along U_k [B, K, d]; gamma [B]."""
+        lam, u = self._eigh
+        alpha2, sigma2 = jax.nn.sigmoid(-gamma)[:, None, None], jax.nn.sigmoid(gamma)[:, None, None]
+        diff = z[:, None, :] - jnp.sqrt(alpha2) * jnp.asarray(self.means, jnp.float32)[None]
+        return jnp.einsum("bkd,kde->bke", diff, u), alpha2 * lam[None] + sigma2
 
-    def _log_prob_one(self, z, gamma):
-        return jax.nn.logsumexp(self._log_joint_one(z, gamma))
+    def _log_joint(self, z, gamma):
+        """log π_k + log N(z; α μ_k, C_k) [B, K]."""
+        proj, var = self._in_eigenbasis(z, gamma)
+        log_comp = -0.5 * (jnp.sum(proj**2 / var + jnp.log(var), -1) + self.dim * jnp.log(2 * jnp.pi))
+        return log_comp + jnp.log(jnp.asarray(self.weights, jnp.float32))
+
+    @staticmethod
+    def _gamma(z, gamma):
+        return jnp.broadcast_to(jnp.asarray(gamma, jnp.float32), z.shape[:1])
 
     def log_posterior(self, z, gamma):
         """log p(k | z_t) [B, K]: the exact noise-conditional classifier when labels are components."""
-        gamma = jnp.broadcast_to(jnp.asarray(gamma, jnp.float32), z.shape[:1])
-        return jax.nn.log_softmax(jax.vmap(self._log_joint_one)(z, gamma), -1)
+        return jax.nn.log_softmax(self._log_joint(z, self._gamma(z, gamma)), -1)
 
     def conditional(self, k: int) -> "GaussianMixture":
         """The mixture restricted to component k (x | y = k)."""
@@ -66,17 +74,18 @@ class GaussianMixture:
 
     def log_prob(self, z, gamma):
         """log q(z_t) [B] for z [B, d] and a scalar gamma or gamma [B]."""
-        gamma = jnp.broadcast_to(jnp.asarray(gamma, jnp.float32), z.shape[:1])
-        return jax.vmap(self._log_prob_one)(z, gamma)
+        return jax.nn.logsumexp(self._log_joint(z, self._gamma(z, gamma)), -1)
 
     def score(self, z, gamma):
-        """∇_z log q(z_t) [B, d]."""
-        gamma = jnp.broadcast_to(jnp.asarray(gamma, jnp.float32), z.shape[:1])
-        return jax.vmap(jax.grad(self._log_prob_one))(z, gamma)
+        """∇_z log q(z_t) = −Σ_k w_k C_k⁻¹ (z − α μ_k), [B, d]."""
+        gamma = self._gamma(z, gamma)
+        proj, var = self._in_eigenbasis(z, gamma)
+        w = jax.nn.softmax(self._log_joint(z, gamma), -1)  # responsibilities [B, K]
+        return -jnp.einsum("bk,bke,kde->bd", w, proj / var, self._eigh[1])
 
     def eps_hat(self, z, gamma):
         """The optimal denoiser E[ε | z_t] = −σ_t ∇ log q(z_t), [B, d]."""
-        gamma = jnp.broadcast_to(jnp.asarray(gamma, jnp.float32), z.shape[:1])
+        gamma = self._gamma(z, gamma)
         return -jnp.sqrt(jax.nn.sigmoid(gamma))[:, None] * self.score(z, gamma)
 
 
@@ -95,9 +104,11 @@ def three_blobs() -> GaussianMixture:
 
 def energy_distance(x, y) -> float:
     """Energy distance 2E|X−Y| − E|X−X'| − E|Y−Y'| between samples x [n, d] and y [m, d] (V-statistic)."""
-    x, y = jnp.asarray(x), jnp.asarray(y)
+    x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
+    return float(2 * _mean_distance(x, y) - _mean_distance(x, x) - _mean_distance(y, y))
 
-    def mean_dist(a, b):
-        return jnp.mean(jnp.sqrt(jnp.sum(jnp.square(a[:, None] - b[None]), -1) + 1e-12))
 
-    return float(2 * mean_dist(x, y) - mean_dist(x, x) - mean_dist(y, y))
+@jax.jit
+def _mean_distance(a, b):
+    """Mean Euclidean distance over all pairs of rows of a [n, d] and b [m, d] (one fused program)."""
+    return jnp.mean(jnp.sqrt(jnp.sum(jnp.square(a[:, None] - b[None]), -1) + 1e-12))

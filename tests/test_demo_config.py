@@ -24,9 +24,10 @@ def test_demo_config_has_no_time_cap_and_a_fixed_step_count():
 
 
 def test_two_short_runs_with_one_seed_give_identical_parameters(tmp_path):
+    # in this process JAX runs 1 CPU device (the demo's 2 need `python -m vdm.main`); the sampler is irrelevant here
     short = {"training.num_steps": 3, "training.eval_every": 3, "training.log_every": 1, "checkpoint.every_steps": 3,
              "model.channels": 16, "model.num_blocks": 1, "eval.num_repeats": 1, "eval.num_samples": 2,
-             "eval.sampler_steps": 2}
+             "eval.sampler": "ancestral", "eval.sampler_steps": 1, "cpu.devices": 0}
     leaves = []
     for name in ("a", "b"):
         loop.train_and_evaluate(_demo(**short), str(tmp_path / name))
@@ -38,3 +39,13 @@ def test_two_short_runs_with_one_seed_give_identical_parameters(tmp_path):
     fresh = Run(_demo(**short), str(tmp_path / "c")).fresh_state().params
     assert any(not np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(jax.tree.leaves(initial),
                                                                                    jax.tree.leaves(fresh)))
+
+
+def test_a_device_count_jax_did_not_start_with_stops_the_run_naming_the_key(tmp_path):
+    import pytest
+
+    from vdm.errors import ConfigError
+
+    assert jax.local_device_count() == 1
+    with pytest.raises(ConfigError, match="'cpu.devices' = 2, but JAX has started already with 1 CPU device"):
+        Run(_demo(), str(tmp_path))

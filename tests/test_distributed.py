@@ -31,6 +31,7 @@ def test_four_local_devices_match_one_device():
     assert res["loss_rel"] <= 1e-5 and res["grad_rel"] <= 1e-5, res
     assert res["params_rel"] <= 1e-5 and res["ema_rel"] <= 1e-5, res
     assert "'training.batch_size' = 18 is not divisible by the 4 devices" in res["batch_error"]
+    assert res["samples_equal"] and res["sample_devices"] == 4, res
 
 
 def _free_port():

@@ -17,6 +17,8 @@ import subprocess
 import sys
 import sysconfig
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {  # configs/digits.py made as small as a run gets
     "model.channels": 8, "model.num_blocks": 1, "training.batch_size": 16, "training.num_steps": 2,
@@ -58,6 +60,7 @@ def _venv_with_wheel(tmp_path, wheel) -> str:
     return python
 
 
+@pytest.mark.slow  # builds a wheel and a venv: in make test-all and .ci/run
 def test_wheel_in_a_fresh_venv_runs_a_config_file_outside_the_checkout(tmp_path):
     python = _venv_with_wheel(tmp_path, _build_wheel(tmp_path))
     elsewhere = tmp_path / "elsewhere"

@@ -59,6 +59,18 @@ SAMPLERS = {
 }
 
 
+def test_mixture_ground_truth_score_is_the_gradient_of_its_density_and_the_density_is_normalised():
+    z = jax.random.normal(jax.random.key(20), (32, 2)) * 1.5
+    for g in (-10.0, 0.0, 10.0):
+        gamma = jnp.full((32,), g)
+        autodiff = jax.vmap(jax.grad(lambda zi, gi: MIX.log_prob(zi[None], gi[None])[0]))(z, gamma)
+        np.testing.assert_allclose(MIX.score(z, gamma), autodiff, rtol=1e-4, atol=1e-4)
+    # q(z_t) at gamma = 0 integrates to 1 (a grid over [-5, 5]^2, far beyond the mass)
+    grid = jnp.stack(jnp.meshgrid(jnp.linspace(-5, 5, 401), jnp.linspace(-5, 5, 401)), -1).reshape(-1, 2)
+    mass = float(jnp.sum(jnp.exp(MIX.log_prob(grid, 0.0))) * (10 / 400) ** 2)
+    assert abs(mass - 1.0) < 1e-3, mass
+
+
 @pytest.mark.parametrize("name", list(SAMPLERS))
 def test_sampler_with_the_exact_denoiser_reproduces_the_mixture_and_wrong_scores_fail(name):
     run = jax.jit(SAMPLERS[name], static_argnums=1)

@@ -74,14 +74,13 @@ def main(argv):
         from vdm import console
 
         console.quiet()
-    from vdm.training import evaluation, generation, loop, workdirs
+    from vdm.training import distributed, evaluation, generation, loop, workdirs
 
-    if _DISTRIBUTED.value or _COORDINATOR.value:
-        from vdm.training import distributed
-
-        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     config = _CONFIG.value
     validate(config)
+    distributed.use_cpu_devices(config.cpu.devices)  # before anything starts JAX's backends
+    if _DISTRIBUTED.value or _COORDINATOR.value:
+        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     if not _WORKDIR.value:
         raise app.UsageError("--workdir is required")
     if _MODE.value == "train":

@@ -14,6 +14,7 @@ from vdm.data import pipeline as data
 from vdm.errors import DataError
 from vdm.training import distributed, optim
 from vdm.training.model import VDM
+from vdm.training.generation import sample
 from vdm.training.steps import create_train_state, make_train_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -58,6 +59,9 @@ def main():
         stacked = jax.tree.map(lambda x: x[None], b)
         s1, _ = step1(s1, stacked, key)
         s4, _ = step4(s4, distributed.global_batch(stacked, mesh, leading_axes=1), key)
+    # sampling split over the devices: the same samples as on one device for the same key
+    samples1 = sample(model, s1.ema_params, jax.random.key(5), 8, "pc", 3)
+    samples4 = sample(model, jax.device_put(s1.ema_params, repl), jax.random.key(5), 8, "pc", 3, mesh=mesh)
     try:
         distributed.check_batch_size(18, mesh)
         error = None
@@ -71,6 +75,8 @@ def main():
         "batch_devices": batch_devices,
         "params_sharding_replicated": all(x.sharding.is_fully_replicated for x in jax.tree.leaves(s4.params)),
         "batch_error": error,
+        "samples_equal": bool(np.array_equal(np.asarray(samples1), np.asarray(samples4))),
+        "sample_devices": len(samples4.sharding.device_set),
     }))
 
 

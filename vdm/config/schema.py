@@ -94,4 +94,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.sampler = "ancestral"  # the sampler of the final samples and the grids during training (vdm.sampling.SAMPLERS)
     c.eval.sampler_steps = 1000
 
+    # The CPU backend only (ignored on GPU / TPU). devices > 0 splits the host CPU into that many JAX devices,
+    # over which training, evaluation and sampling are data-parallel like over GPUs: on a small network a 2-core
+    # CPU runs ~1.4x faster as 2 devices than as one. The device count changes float rounding (the gradient
+    # all-reduce), so it is part of what a run computes. 0 = JAX's default (one CPU device).
+    c.cpu = ml_collections.ConfigDict()
+    c.cpu.devices = 0
+
     return c

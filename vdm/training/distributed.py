@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from vdm.errors import DataError
+from vdm.errors import ConfigError, DataError
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
@@ -27,6 +27,29 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     """jax.distributed.initialize; on CPU also selects gloo collectives so several processes can all-reduce."""
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # used only by the CPU backend
     jax.distributed.initialize(coordinator_address, num_processes, process_id)
+
+
+def use_cpu_devices(n: int) -> None:
+    """Makes JAX's CPU backend `n` devices (config key 'cpu.devices'; 0 = leave JAX's default).
+
+    Must run before JAX starts its backends (before any computation); `python -m vdm.main`
+    calls it first thing. Started already with another count, it raises ConfigError.
+    """
+    if n <= 0 or jax.config.jax_num_cpu_devices == n:
+        return
+    try:
+        jax.config.update("jax_num_cpu_devices", n)
+    except RuntimeError:  # backends already initialised
+        raise ConfigError(
+            f"config key 'cpu.devices' = {n}, but JAX has started already with {jax.local_device_count('cpu')} CPU "
+            f"device(s): run through python -m vdm.main, call vdm.distributed.use_cpu_devices({n}) before any JAX "
+            f"computation, or set cpu.devices=0") from None
+
+
+def check_cpu_devices(n: int) -> None:
+    """ConfigError if the run asks for `n` > 0 CPU devices and the CPU backend has another number."""
+    if n > 0 and jax.default_backend() == "cpu" and jax.local_device_count() != n:
+        use_cpu_devices(n)  # raises: the backend is running
 
 
 def data_mesh() -> Mesh:

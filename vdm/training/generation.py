@@ -21,15 +21,17 @@ from vdm.training import distributed, outputs
 from vdm.training.run import Run
 
 
-@functools.partial(jax.jit, static_argnames=("model", "num_samples", "sampler", "num_steps", "guidance"))
+@functools.partial(jax.jit, static_argnames=("model", "num_samples", "sampler", "num_steps", "guidance", "mesh"))
 def sample(model, params, key, num_samples: int, sampler: str = "ancestral", num_steps: int = 1000, labels=None,
-           guidance: float = 0.0):
+           guidance: float = 0.0, mesh=None):
     """Integer samples [N, H, W, C] in {0..V-1} of a VDM from `sampler` with `num_steps` steps.
 
     z_1 ~ N(0, I) is carried to z_0 by the sampler, and x is drawn from the
     discretised decoder p(x | z_0). labels [N]: classes of a class-conditional
     model (None: the null label, i.e. unconditional); guidance: the
-    classifier-free weight w (needs labels).
+    classifier-free weight w (needs labels). With a `mesh`, the samples are split
+    over its 'data' axis (N divisible by its size): each device runs the network
+    on its part of the batch; the samples are those of one device.
     """
     k_sample, k_decode = jax.random.split(key)
     if guidance:
@@ -39,14 +41,18 @@ def sample(model, params, key, num_samples: int, sampler: str = "ancestral", num
     else:
         eps_hat_fn = model.eps_hat_fn(params, labels=labels)
     gamma_fn = model.gamma_fn(params)
-    z_0 = sampling.get_sampler(sampler)(k_sample, eps_hat_fn, gamma_fn, (num_samples, *model.image_shape), num_steps)
-    return sampling.decode(z_0, gamma_fn(jnp.zeros((1,)))[0], model.vocab_size, k_decode)
+    shard = (lambda x: x) if mesh is None else functools.partial(
+        jax.lax.with_sharding_constraint, shardings=distributed.batch_sharding(mesh))
+    z_0 = sampling.get_sampler(sampler)(k_sample, lambda z, gamma: eps_hat_fn(shard(z), gamma), gamma_fn,
+                                        (num_samples, *model.image_shape), num_steps)
+    return shard(sampling.decode(shard(z_0), gamma_fn(jnp.zeros((1,)))[0], model.vocab_size, k_decode))
 
 
 def run_samples(run: Run, params, key, num_samples: int | None = None) -> np.ndarray:
     """Samples with the run's eval.sampler and eval.sampler_steps (eval.num_samples of them by default), on the host."""
     c = run.config.eval
-    return distributed.to_host(sample(run.model, params, key, num_samples or c.num_samples, c.sampler, c.sampler_steps))
+    return distributed.to_host(sample(run.model, params, key, num_samples or c.num_samples, c.sampler, c.sampler_steps,
+                                      mesh=run.mesh))
 
 
 def write_pictures(run: Run, params, tag: str, key, num_samples: int | None = None) -> np.ndarray:
@@ -78,7 +84,7 @@ def sample_run(config, workdir: str, step: int | None = None, seed: int = 0, sam
         raise ConfigError("--guidance needs a class-conditional model (model.class_conditional=True)")
     start = time.time()
     samples = distributed.to_host(sample(run.model, state.ema_params, jax.random.key(seed), n, sampler, steps, labels,
-                                         float(guidance)))
+                                         float(guidance), run.mesh))
     seconds = time.time() - start
     tag = sampler + (f"_w{guidance:g}" if guidance else "")
     png = os.path.join(workdir, f"samples_{tag}.png")

@@ -42,9 +42,11 @@ class Run:
         validate(config)
         pipeline.check_config(config)
         self.config, self.workdir = config, workdir
+        distributed.check_cpu_devices(config.cpu.devices)
         self.mesh = distributed.data_mesh()
         distributed.check_batch_size(config.training.batch_size, self.mesh)
         distributed.check_batch_size(config.eval.batch_size, self.mesh, "eval.batch_size")
+        distributed.check_batch_size(config.eval.num_samples, self.mesh, "eval.num_samples")
         self.model = VDM.from_config(config)
         self.tx, self.lr_schedule = make_optimizer(config.optim, config.training.num_steps)
         self.keys = run_keys(config.training.seed)
