@@ -40,16 +40,20 @@ def use_cpu_devices(n: int) -> None:
     try:
         jax.config.update("jax_num_cpu_devices", n)
     except RuntimeError:  # backends already initialised
-        raise ConfigError(
-            f"config key 'cpu.devices' = {n}, but JAX has started already with {jax.local_device_count('cpu')} CPU "
-            f"device(s): run through python -m vdm.main, call vdm.distributed.use_cpu_devices({n}) before any JAX "
-            f"computation, or set cpu.devices=0") from None
+        raise _started_with_another_count(n) from None
 
 
 def check_cpu_devices(n: int) -> None:
     """ConfigError if the run asks for `n` > 0 CPU devices and the CPU backend has another number."""
     if n > 0 and jax.default_backend() == "cpu" and jax.local_device_count() != n:
-        use_cpu_devices(n)  # raises: the backend is running
+        raise _started_with_another_count(n)
+
+
+def _started_with_another_count(n: int) -> ConfigError:
+    return ConfigError(
+        f"config key 'cpu.devices' = {n}, but JAX has started already with {jax.local_device_count('cpu')} CPU "
+        f"device(s): run through python -m vdm.main, call vdm.training.distributed.use_cpu_devices({n}) before any "
+        f"JAX computation, or set cpu.devices=0")
 
 
 def data_mesh() -> Mesh:
