@@ -13,8 +13,9 @@ unknown one is reported with the keys it could have been:
 | `vdm.sampling.SAMPLERS`             | samplers and their descriptions | `eval.sampler`, `--sampler`  |
 | `vdm.data.augment.AUGMENTATIONS`    | augmentation group sizes        | `data.augmentation`          |
 | `vdm.data.datasets.DATASETS`        | dataset specs                   | `data.name`                  |
+| `vdm.nets.ops.IMPLS`                | network implementations         | `model.impl` (and `auto`)    |
 
-A new list of names (network implementations, loss weightings) gets its own
+A new list of names (loss weightings, ...) gets its own
 registry beside the code it selects, and one line in
 `vdm.config.validation.registries`.
 """
