@@ -3,6 +3,8 @@
 Run:
   python -m experiments.benchmark                     # all configurations, ~15 min on 2 cores
   python -m experiments.benchmark --configs=digits --ablation
+  python -m experiments.benchmark --impls=reference,cpu --dtypes=float32,bfloat16 --out=results/benchmark_impls.json
+  python -m experiments.benchmark --official_dir=PATH/TO/google-research-vdm --configs=cifar-small
   python -m experiments.benchmark --out=results/benchmark_gpu.json   # on an accelerator
 (from the repository root, vdm installed: make install)
 
@@ -16,9 +18,13 @@ For each: compile time (persistent cache off), train-step throughput (median
 of >= 10 steps after warm-up), XLA's FLOP count per step and the achieved
 GFLOP/s against a float32 matmul and a 3x3 convolution measured in the same
 process, peak memory (XLA's buffer sizes), ancestral sampler time per step,
-eval throughput. --ablation times each optimization switch on and off, the
-others at their fast setting (median of 3 repeats of --steps steps; on
-cifar-small and digits, and on paper with --ablation_paper).
+eval throughput; one row per configuration x --impls (model.impl) x --dtypes
+(model.dtype). --ablation times each speed setting on and off, the others at
+their fast setting (median of 3 repeats of --steps steps; on cifar-small and
+digits, and on paper with --ablation_paper). --official_dir times the official
+implementation's train step (its model_vdm.py imported from a checkout of
+google-research/vdm; nothing of it is part of this project) interleaved with
+ours on the same machine, same shapes and settings, and prints the ratio.
 """
 
 from __future__ import annotations
@@ -44,11 +50,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 COMMON = {"model.fourier_features": True, "model.dropout": 0.1, "loss.num_steps": 0,
           "schedule.name": "learned_linear", "loss.objective": "elbo", "model.attention_per_block": False}
-# Speed settings: the base config's defaults, plus the conv gradient that XLA:CPU runs fast inside nn.scan
-# and 4 optimizer steps per compiled call.
-FAST = {"model.scan_blocks": True, "model.loop_friendly_conv": jax.default_backend() == "cpu",
-        "model.fast_attention": True, "model.fast_norm": True, "model.recompute": True, "model.fast_dropout_rng": True,
-        "loss.decoder_window": 3, "training.donate_state": True, "training.steps_per_call": 4}
+# Speed settings: the base config's defaults (model.impl = auto: the CPU forms on a CPU) and 4 optimizer
+# steps per compiled call.
+FAST = {"model.scan_blocks": True, "model.impl": "auto", "model.recompute": True, "loss.decoder_window": 3,
+        "training.donate_state": True, "training.steps_per_call": 4}
 CONFIGS = {
     "cifar-small": {"data.image_shape": (32, 32, 3), "data.vocab_size": 256, "model.channels": 32,
                     "model.num_blocks": 4, "training.batch_size": 16},
@@ -57,18 +62,11 @@ CONFIGS = {
     "paper": {"data.image_shape": (32, 32, 3), "data.vocab_size": 256, "model.channels": 128,
               "model.num_blocks": 32, "training.batch_size": 8, "training.steps_per_call": 1},  # 9 s steps: no call overhead
 }
-# The official implementation (google-research/vdm at commit dc27b98, jax 0.10), measured on a 2-core CPU
-# machine of this kind, float32.
-REFERENCE = {"cifar-small": {"images_per_second": 20.0, "sampler_ms_per_step": 217.0},
-             "digits": {"images_per_second": 85.0}, "paper": {"images_per_second": 0.70, "compile_seconds": 30.0}}
-# Optimization switches: (config overrides when on, when off).
+# Speed settings: (config overrides when on, when off).
 SWITCHES = {
-    "fast_attention": ({"model.fast_attention": True}, {"model.fast_attention": False}),
-    "fast_norm": ({"model.fast_norm": True}, {"model.fast_norm": False}),
+    "impl=cpu": ({"model.impl": "cpu"}, {"model.impl": "reference"}),
     "recompute": ({"model.recompute": True}, {"model.recompute": False}),
-    "fast_dropout_rng": ({"model.fast_dropout_rng": True}, {"model.fast_dropout_rng": False}),
     "decoder_window": ({"loss.decoder_window": 3}, {"loss.decoder_window": 0}),
-    "loop_friendly_conv": ({"model.loop_friendly_conv": True}, {"model.loop_friendly_conv": False}),
     "scan_blocks": ({"model.scan_blocks": True}, {"model.scan_blocks": False}),
     "donate_state": ({"training.donate_state": True}, {"training.donate_state": False}),
     "steps_per_call=4": ({"training.steps_per_call": 4}, {"training.steps_per_call": 1}),
@@ -197,9 +195,13 @@ def measure_eval(model, params, batch: int, vocab: int) -> float:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default="cifar-small,digits,paper")
+    parser.add_argument("--impls", default="auto", help="model.impl values, comma-separated (auto, reference, cpu)")
+    parser.add_argument("--dtypes", default="float32", help="model.dtype values, comma-separated")
     parser.add_argument("--steps", type=int, default=10, help="timed train steps (median)")
+    parser.add_argument("--repeats", type=int, default=1, help="repeats of --steps steps per row (median of medians)")
     parser.add_argument("--ablation", action="store_true", help="time every switch on and off, 3 repeats each")
     parser.add_argument("--ablation_paper", action="store_true", help="also at paper size (~1 hour on 2 cores)")
+    parser.add_argument("--official_dir", default="", help="a checkout of google-research/vdm to time side by side")
     parser.add_argument("--set", action="append", default=[], help="extra override KEY=VALUE for every config")
     parser.add_argument("--out", default=os.path.join(ROOT, "results", "benchmark.json"))
     args = parser.parse_args()
@@ -209,18 +211,32 @@ def main():
     print(f"devices: {device}", flush=True)
     p = peaks()
     print(f"peaks: matmul {p['matmul_gflops']:.0f} GFLOP/s, 3x3 conv {p['conv3x3_gflops']:.0f} GFLOP/s", flush=True)
-    results = {"device": device, "peaks": p, "configs": {}, "ablation": {}}
+    results = {"device": device, "jax": jax.__version__, "peaks": p, "configs": {}, "ablation": {}, "official": {}}
+    impls, dtypes = args.impls.split(","), args.dtypes.split(",")
     for name in args.configs.split(","):
-        config = bench_config(name, extra)
-        r = measure_train(config, args.steps)
-        model, params = r.pop("model"), r.pop("params")
-        r["sampler_ms_per_step"] = measure_sampler(model, params, config.training.batch_size)
-        r["eval_images_per_second"] = measure_eval(model, params, config.training.batch_size, config.data.vocab_size)
-        r["matmul_peak_fraction"] = r["gflops_per_second"] / p["matmul_gflops"]
-        r["conv_peak_fraction"] = r["gflops_per_second"] / p["conv3x3_gflops"]
-        r["reference"] = REFERENCE.get(name, {})
-        results["configs"][name] = r
-        print(f"{name}: {json.dumps({k: v for k, v in r.items() if k != 'reference'})}", flush=True)
+        flops = None
+        for impl in impls:
+            for dtype in dtypes:
+                config = bench_config(name, {**extra, "model.impl": impl, "model.dtype": dtype})
+                r = measure_train(config, args.steps, flops, args.repeats)
+                flops = r["flops_per_step"]  # the same network: count once
+                model, params = r.pop("model"), r.pop("params")
+                r["impl"], r["dtype"] = model.net.ops.name, dtype
+                r["sampler_ms_per_step"] = measure_sampler(model, params, config.training.batch_size)
+                r["eval_images_per_second"] = measure_eval(model, params, config.training.batch_size,
+                                                           config.data.vocab_size)
+                r["matmul_peak_fraction"] = r["gflops_per_second"] / p["matmul_gflops"]
+                r["conv_peak_fraction"] = r["gflops_per_second"] / p["conv3x3_gflops"]
+                row = name if len(impls) * len(dtypes) == 1 else f"{name} {impl} {dtype}"
+                results["configs"][row] = r
+                print(f"{row}: {json.dumps(r)}", flush=True)
+        if args.official_dir:
+            from experiments import official_timing
+
+            config = bench_config(name, extra)
+            results["official"][name] = official_timing.side_by_side(
+                args.official_dir, config, lambda: _compiled_train_step(config), args.steps)
+            print(f"{name} official side by side: {json.dumps(results['official'][name])}", flush=True)
         if args.ablation and (name != "paper" or args.ablation_paper):
             results["ablation"][name] = {}
             for switch, (on, off) in SWITCHES.items():
@@ -228,7 +244,7 @@ def main():
                     continue  # unrolled, the 65 blocks take over 5 minutes and 9 GB to compile here
                 row = {}
                 for label, overrides in (("on", on), ("off", off)):
-                    x = measure_train(bench_config(name, {**extra, **overrides}), args.steps, r["flops_per_step"], 3)
+                    x = measure_train(bench_config(name, {**extra, **overrides}), args.steps, flops, 3)
                     row[label] = {"images_per_second": x["images_per_second"], "compile_seconds": x["compile_seconds"]}
                 results["ablation"][name][switch] = row
                 print(f"  {switch}: {row}", flush=True)
@@ -241,17 +257,21 @@ def main():
 
 
 def table(results) -> str:
-    lines = [f"Device: {results['device']}; float32 peaks: matmul {results['peaks']['matmul_gflops']:.0f} GFLOP/s, "
-             f"3x3 conv {results['peaks']['conv3x3_gflops']:.0f} GFLOP/s", "",
-             "| config | img/s (official) | compile s | GFLOP/s | of conv peak | peak MB | sampler ms/step (official) "
-             "| eval img/s |", "|---|---|---|---|---|---|---|---|"]
+    lines = [f"Device: {results['device']}, jax {results.get('jax', '?')}; float32 peaks: matmul "
+             f"{results['peaks']['matmul_gflops']:.0f} GFLOP/s, 3x3 conv {results['peaks']['conv3x3_gflops']:.0f} GFLOP/s",
+             "", "| config | impl | dtype | img/s | compile s | GFLOP/s | of conv peak | peak MB | sampler ms/step "
+             "| eval img/s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results["configs"].items():
-        ref = r["reference"]
-        ref_ips = f" ({ref['images_per_second']})" if "images_per_second" in ref else ""
-        ref_s = f" ({ref['sampler_ms_per_step']:.0f})" if "sampler_ms_per_step" in ref else ""
-        lines.append(f"| {name} | {r['images_per_second']:.2f}{ref_ips} | {r['compile_seconds']:.1f} | "
-                     f"{r['gflops_per_second']:.0f} | {r['conv_peak_fraction']:.0%} | {r['peak_bytes'] / 2**20:.0f} | "
-                     f"{r['sampler_ms_per_step']:.1f}{ref_s} | {r['eval_images_per_second']:.0f} |")
+        lines.append(f"| {name.split()[0]} | {r.get('impl', '')} | {r.get('dtype', 'float32')} | "
+                     f"{r['images_per_second']:.2f} | {r['compile_seconds']:.1f} | {r['gflops_per_second']:.0f} | "
+                     f"{r['conv_peak_fraction']:.0%} | {r['peak_bytes'] / 2**20:.0f} | {r['sampler_ms_per_step']:.1f} | "
+                     f"{r['eval_images_per_second']:.0f} |")
+    if results.get("official"):
+        lines += ["", "Official implementation side by side (same machine, same sitting, calls interleaved):", "",
+                  "| config | ours img/s | official img/s | ratio |", "|---|---|---|---|"]
+        for name, o in results["official"].items():
+            lines.append(f"| {name} | {o['ours_images_per_second']:.2f} | {o['official_images_per_second']:.2f} | "
+                         f"{o['ratio']:.2f}x |")
     if results["ablation"]:
         lines += ["", "| config | switch | img/s on | img/s off | compile s on | compile s off |", "|---|---|---|---|---|---|"]
         for name, switches in results["ablation"].items():

@@ -161,11 +161,14 @@ def loss_variance(model, params, split, repeats: int, seed: int = 0) -> dict:
     import jax
     import numpy as np
 
+    from vdm.core import losses
+
     @jax.jit
     def one(images, key):
         k_t, k = jax.random.split(key)
         t = jax.random.uniform(k_t, (images.shape[0],))
-        terms = model.elbo_terms(params, {"images": images}, k, t=t)
+        noise = losses.elbo_noise(jax.random.split(k, 3)[0], images.shape, t=t)  # the draws of before, at t
+        terms = model.elbo_terms(params, {"images": images}, k, noise=noise)
         return terms["bpd_diffusion"], terms["bpd"]
 
     out = [one(split.images, jax.random.key(seed * 7919 + r)) for r in range(repeats)]

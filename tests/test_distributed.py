@@ -32,6 +32,7 @@ def test_four_local_devices_match_one_device():
     assert res["params_rel"] <= 1e-5 and res["ema_rel"] <= 1e-5, res
     assert "'training.batch_size' = 18 is not divisible by the 4 devices" in res["batch_error"]
     assert res["samples_equal"] and res["sample_devices"] == 4, res
+    assert res["ode_bpd_rel"] <= 1e-5 and res["ode_devices"] == 4, res
 
 
 def _free_port():

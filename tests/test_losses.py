@@ -191,13 +191,14 @@ def variance_setup():
 def test_variance_minimizing_gradient_against_brute_force(variance_setup):
     """Interior: grad of mean(L_diffusion_i^2) in nats; network and endpoints: the plain ELBO gradient."""
     model, params, batch, key = variance_setup
-    t = model.training_times(key, 8)
+    noise = L.elbo_noise(jax.random.split(key, 3)[0], batch["images"].shape)  # the draws of model.elbo_terms
+    t = noise["t"]
 
     def terms(p):
-        return model.elbo_terms(p, batch, key, train=True, t=t)
+        return model.elbo_terms(p, batch, key, train=True, noise=noise)
 
     def per_example(p, gammas_t):
-        out = model.elbo_terms(p, batch, key, train=True, t=t, gammas_t=gammas_t)
+        out = model.elbo_terms(p, batch, key, train=True, noise=noise, gammas_t=gammas_t)
         return out["total"], out["diffusion"], None
 
     (loss, _), grads = jax.jit(lambda p: L.variance_minimizing_value_and_grad(per_example, model.schedule, p, t))(params)

@@ -121,8 +121,13 @@ def test_fast_group_norm_is_flax_group_norm():
 
 def test_fast_attention_over_query_blocks_is_plain_attention():
     """16 x 16 positions in 4 blocks of 64 queries: values and gradients of the plain softmax attention."""
+    import functools
+
+    from vdm.nets.ops import Ops, cpu_attention
+
     x = jax.random.normal(jax.random.key(0), (2, 16, 16, 8))
-    plain, fast = AttnBlock(), AttnBlock(fast=True, query_block=64)
+    plain = AttnBlock()
+    fast = AttnBlock(Ops("cpu", attention=functools.partial(cpu_attention, query_block=64)))
     params = plain.init(jax.random.key(1), x)
     params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.key(2), p.shape), params)
     np.testing.assert_allclose(fast.apply(params, x), plain.apply(params, x), rtol=1e-5, atol=1e-5)
@@ -138,7 +143,7 @@ def test_named_mask_dropout_is_flax_dropout():
     """Same key, same mask, same output as flax.linen.Dropout (ResnetBlock's dropout, named for recomputation)."""
     import flax.linen as nn
 
-    from vdm.nets.layers import Dropout
+    from vdm.nets.cpu.dropout import NamedMaskDropout as Dropout
 
     x = jax.random.normal(jax.random.key(0), (4, 8, 8, 16))
     rngs = {"dropout": jax.random.key(1)}

@@ -159,3 +159,46 @@ def test_schedule_lr_scale_multiplies_only_the_interior_updates():
     assert sum(jax.tree.leaves(mask)) == len(jax.tree.leaves(params["schedule"]["interior"])) > 0
     for a, b, m in zip(jax.tree.leaves(plain), jax.tree.leaves(scaled), jax.tree.leaves(mask)):
         np.testing.assert_allclose(b, a * (10.0 if m else 1.0), rtol=1e-6)
+
+
+def test_metrics_reach_the_host_once_per_log_line(tmp_path, monkeypatch):
+    """The loop dispatches steps without waiting: no device-to-host transfer inside a train call, one fetch of
+    the pending metrics per log line, and the log rows still hold the means of every step since the last."""
+    import json
+
+    from conftest import tiny_config
+    from vdm.training import distributed, loop
+
+    config = tiny_config(training__num_steps=8, training__steps_per_call=1, training__log_every=4,
+                         checkpoint__every_steps=8)
+    events, inside = [], [False]
+    real_to_host, real_call, real_fetch = distributed.to_host, loop._Training.train_call, loop._Training.host_metrics
+
+    def to_host(x):
+        if inside[0]:
+            events.append(("to_host inside a train call", None))
+        return real_to_host(x)
+
+    def train_call(self):
+        inside[0] = True
+        try:
+            real_call(self)
+        finally:
+            inside[0] = False
+
+    def host_metrics(self):
+        before = self.fetched
+        out = real_fetch(self)
+        if out is not before:
+            events.append(("fetch", self.step, len(out["loss"])))
+        return out
+
+    monkeypatch.setattr(distributed, "to_host", to_host)
+    monkeypatch.setattr(loop._Training, "train_call", train_call)
+    monkeypatch.setattr(loop._Training, "host_metrics", host_metrics)
+    loop.train_and_evaluate(config, str(tmp_path))
+    assert events == [("fetch", 4, 4), ("fetch", 8, 4)], events
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["split"] == "train"]
+    assert [r["step"] for r in train] == [4, 8]
+    assert all(math.isfinite(r["bpd"]) and r["rejected_steps"] == 0 for r in train)

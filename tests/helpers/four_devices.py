@@ -1,4 +1,5 @@
-"""Run with XLA_FLAGS=--xla_force_host_platform_device_count=4: 1-device vs 4-device loss, gradients, steps.
+"""Run with XLA_FLAGS=--xla_force_host_platform_device_count=4: 1-device vs 4-device loss, gradients, steps,
+samples and ODE likelihoods.
 
 Prints one JSON line of maximum relative differences (read by tests/test_distributed.py).
 """
@@ -12,7 +13,7 @@ import numpy as np
 from vdm.config.validation import load_config_file
 from vdm.data import pipeline as data
 from vdm.errors import DataError
-from vdm.training import distributed, optim
+from vdm.training import distributed, evaluation, optim
 from vdm.training.model import VDM
 from vdm.training.generation import sample
 from vdm.training.steps import create_train_state, make_train_step
@@ -62,6 +63,13 @@ def main():
     # sampling split over the devices: the same samples as on one device for the same key
     samples1 = sample(model, s1.ema_params, jax.random.key(5), 8, "pc", 3)
     samples4 = sample(model, jax.device_put(s1.ema_params, repl), jax.random.key(5), 8, "pc", 3, mesh=mesh)
+    # the ODE likelihood split over the devices too: the same per-example bits/dim as on one device
+    images = batches[0]["images"][:8]
+    ode1 = evaluation.ode_bits_per_dim_fn(model)
+    ode4 = evaluation.ode_bits_per_dim_fn(model, mesh=mesh)
+    bpd1 = np.asarray(ode1(s1.ema_params, images, jax.random.key(6), "uniform"))
+    bpd4 = ode4(jax.device_put(s1.ema_params, repl), distributed.global_batch({"x": images}, mesh)["x"],
+                jax.random.key(6), "uniform")
     try:
         distributed.check_batch_size(18, mesh)
         error = None
@@ -77,6 +85,8 @@ def main():
         "batch_error": error,
         "samples_equal": bool(np.array_equal(np.asarray(samples1), np.asarray(samples4))),
         "sample_devices": len(samples4.sharding.device_set),
+        "ode_bpd_rel": float(np.max(np.abs(np.asarray(bpd4) - bpd1) / np.abs(bpd1))),
+        "ode_devices": len(bpd4.sharding.device_set),
     }))
 
 

@@ -37,12 +37,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.label_dropout = 0.0  # classifier-free guidance: rate of replacing labels by the null label
     c.model.prediction = "eps"  # what the network predicts, vdm.core.diffusion.PREDICTIONS: eps | x | v | score
     c.model.input_skip = True  # eps_hat = z + net(z) (the official "base measure")
+    c.model.norm_groups = 0  # GroupNorm groups; 0 = gcd(32, C/4), groups of >= 4 channels (32 = the official network's)
     c.model.scan_blocks = True
-    c.model.fast_attention = True  # blocked queries, softmax normalised after the value product: same function, faster
-    c.model.recompute = True  # blocks keep conv1's output + dropout mask for the backward pass, recompute the rest
-    c.model.fast_dropout_rng = True  # dropout masks from threefry with unrolled rounds (vdm.nets.cpu.prng): same bits, faster
-    c.model.fast_norm = True  # GroupNorm statistics per channel first (vdm.nets.cpu.norm): same function, faster
-    c.model.loop_friendly_conv = False  # True: same values; a conv gradient XLA:CPU runs fast inside nn.scan (vdm.nets.cpu.conv)
+    c.model.recompute = True  # blocks keep conv1's output for the backward pass, recompute the rest (less memory)
+    # How the network's convolutions, norms, attention and dropout run (vdm.nets.ops): "reference" (plain flax /
+    # JAX), "cpu" (CPU-tuned forms of the same function), "auto" (cpu on the CPU backend, reference elsewhere).
+    c.model.impl = "auto"
+    c.model.dtype = "float32"  # compute dtype of convs, dense layers, attention: float32 | bfloat16 (params stay float32)
 
     c.schedule = ml_collections.ConfigDict()
     c.schedule.name = "learned_linear"  # vdm.core.schedules.SCHEDULES
@@ -93,6 +94,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.num_samples = 100  # final samples (samples_final.png, samples.npz); grids during training show <= 100
     c.eval.sampler = "ancestral"  # the sampler of the final samples and the grids during training (vdm.sampling.SAMPLERS)
     c.eval.sampler_steps = 1000
+    # Matmul / conv precision of test bits/dim and likelihoods (jax.default_matmul_precision): "highest" keeps
+    # reported numbers free of the backend's defaults (TPU bf16 passes, GPU TF32); "default" is the backend's.
+    c.eval.matmul_precision = "highest"
 
     # The CPU backend only (ignored on GPU / TPU). devices > 0 splits the host CPU into that many JAX devices,
     # over which training, evaluation and sampling are data-parallel like over GPUs: on a small network a 2-core

@@ -25,7 +25,22 @@ _CHOICES = {
     "optim.decay": ("constant", "cosine"),
     "training.on_nonfinite": ("stop", "skip"),
     "schedule.interior_objective": ("elbo", "variance"),
+    "model.dtype": ("float32", "bfloat16"),
+    "eval.matmul_precision": ("highest", "high", "default"),
 }
+
+# Keys that existed once, with what replaced them: a config that sets one stops with this line; a workdir's
+# config.json that has one loads without it (`vdm.training.workdirs.load_config`).
+REMOVED_KEYS = {
+    "model.fast_attention": "the CPU-tuned forms are chosen together by 'model.impl' (auto | reference | cpu)",
+    "model.fast_norm": "the CPU-tuned forms are chosen together by 'model.impl' (auto | reference | cpu)",
+    "model.fast_dropout_rng": "the CPU-tuned forms are chosen together by 'model.impl' (auto | reference | cpu)",
+    "model.loop_friendly_conv": "the CPU-tuned forms are chosen together by 'model.impl' (auto | reference | cpu)",
+}
+
+
+def removed_key_error(key: str) -> ConfigError:
+    return ConfigError(f"config key '{key}' was removed: {REMOVED_KEYS[key]}")
 
 
 def registries() -> dict:
@@ -35,6 +50,7 @@ def registries() -> dict:
     """
     from vdm.core import diffusion, losses, schedules
     from vdm.data import augment, datasets
+    from vdm.nets import ops
     from vdm.sampling import SAMPLERS
 
     return {
@@ -44,6 +60,7 @@ def registries() -> dict:
         "schedule.name": schedules.SCHEDULES,
         "loss.objective": losses.OBJECTIVES,
         "eval.sampler": SAMPLERS,
+        "model.impl": ops.IMPL_CHOICES,  # 'auto' and the keys of ops.IMPLS
     }
 _POSITIVE = (
     "data.vocab_size", "model.channels", "model.num_blocks", "training.num_steps", "training.batch_size",
@@ -53,7 +70,7 @@ _POSITIVE = (
 )
 _NON_NEGATIVE = (
     "loss.num_steps", "loss.decoder_window", "optim.warmup_steps", "optim.weight_decay", "optim.grad_clip", "training.max_seconds",
-    "model.cond_dim", "data.num_classes", "eval.num_samples", "checkpoint.every_minutes",
+    "model.cond_dim", "model.norm_groups", "data.num_classes", "eval.num_samples", "checkpoint.every_minutes",
 )
 _FRACTIONS = ("model.dropout", "model.label_dropout", "optim.b1", "optim.b2", "optim.ema_decay")
 
@@ -101,6 +118,8 @@ def validate(config) -> None:
     """Raises ConfigError with a one-line message naming the first bad key."""
     ref, flat = flatten(base_config()), flatten(config)
     for key, value in flat.items():
+        if key in REMOVED_KEYS:
+            raise removed_key_error(key)
         if key not in ref:
             raise ConfigError(f"unknown config key '{key}' (not in {SCHEMA})")
         if not _same_type(ref[key], value):
@@ -132,6 +151,9 @@ def validate(config) -> None:
     shape = flat["data.image_shape"]
     if len(shape) != 3 or not all(isinstance(s, int) and s > 0 for s in shape):
         raise ConfigError(f"config key 'data.image_shape' must be (H, W, C) positive ints, got {shape!r}")
+    if flat["model.norm_groups"] and flat["model.channels"] % flat["model.norm_groups"]:
+        raise ConfigError(f"config key 'model.norm_groups' = {flat['model.norm_groups']} must divide "
+                          f"'model.channels' = {flat['model.channels']} (or be 0: gcd(32, channels / 4))")
     if flat["model.class_conditional"] and flat["data.num_classes"] < 1:
         raise ConfigError("config key 'model.class_conditional' needs 'data.num_classes' >= 1")
     if flat["model.fourier_features"] and not flat["model.fourier_start"] < flat["model.fourier_stop"]:
@@ -161,6 +183,8 @@ def parse_override(config, dotted_key: str, text: str):
         if p not in node or not isinstance(node[p], ml_collections.ConfigDict):
             raise ConfigError(f"unknown config key '{dotted_key}' (not in {SCHEMA})")
         node = node[p]
+    if dotted_key in REMOVED_KEYS:
+        raise removed_key_error(dotted_key)
     if parts[-1] not in node:
         raise ConfigError(f"unknown config key '{dotted_key}' (not in {SCHEMA})")
     ref = node[parts[-1]]

@@ -39,6 +39,7 @@ __all__ = [
     "decoder_logits",
     "decoder_log_probs",
     "reconstruction_loss",
+    "elbo_noise",
     "elbo_terms",
     "bits_per_dim",
     "variance_minimizing_value_and_grad",
@@ -199,32 +200,45 @@ def bits_per_dim(nats, num_dims: int):
     return nats / (num_dims * math.log(2.0))
 
 
-def elbo_terms(x_int, key, eps_hat_fn, gamma_fn, vocab_size: int, num_steps: int = 0, t=None, gammas_t=None,
+def elbo_noise(key, shape, t=None) -> dict:
+    """The random draws of one ELBO estimate, for data of `shape` [B, ...].
+
+    Returns {'t': [B] low-discrepancy times (or the given t), 'eps_0': z_0's noise,
+    'eps': z_t's noise (both N(0, I), `shape`)}. `elbo_terms` takes these (or a key,
+    which it turns into these), so a caller that needs the times itself (the
+    variance-minimising schedule) draws once and passes the same draws on.
+    """
+    key_t, key_0, key_eps = jax.random.split(key, 3)
+    t = low_discrepancy_times(key_t, shape[0]) if t is None else jnp.asarray(t, jnp.float32)
+    return {"t": t, "eps_0": jax.random.normal(key_0, shape), "eps": jax.random.normal(key_eps, shape)}
+
+
+def elbo_terms(x_int, noise, eps_hat_fn, gamma_fn, vocab_size: int, num_steps: int = 0, gammas_t=None,
                decoder_window: int = 0):
-    """All three ELBO terms and the total, per example, in nats and bits/dim.
+    """All three ELBO terms and the total, per example, in nats and bits/dim, from one network evaluation.
 
     Args:
-      x_int: integer data [B, ...] in {0..V-1}. key: PRNG key (noise for z_0, z_t, and t).
+      x_int: integer data [B, ...] in {0..V-1}.
+      noise: the draws of `elbo_noise` ({'t', 'eps_0', 'eps'}), or a PRNG key to draw them from.
       eps_hat_fn, gamma_fn: see module docstring. num_steps: T, or 0 for continuous time.
-      t: optional times [B]; by default low-discrepancy draws.
       gammas_t: optional (gamma(t), gamma'(t)) [B] each, see `diffusion_loss`.
       decoder_window: see `reconstruction_loss` (0: every bin).
     Returns:
       dict of [B] arrays: 'prior', 'reconstruction', 'diffusion', 'total' (nats),
       'bpd', 'bpd_prior', 'bpd_reconstruction', 'bpd_diffusion' (bits per dimension) and
-      'eps_mse', mean_i (eps - eps_hat)_i^2 at the diffusion term's draw (L_simple).
+      'eps_mse', mean_i (eps - eps_hat)_i^2 at the diffusion term's draw (L_simple):
+      any weighting of the epsilon error reuses this evaluation.
     """
     x = scale_data(x_int, vocab_size)
     batch, num_dims = x.shape[0], math.prod(x.shape[1:])
-    key_t, key_0, key_eps = jax.random.split(key, 3)
-    if t is None:
-        t = low_discrepancy_times(key_t, batch)
+    if not isinstance(noise, dict):
+        noise = elbo_noise(noise, x.shape)
     gamma_01 = gamma_fn(jnp.array([0.0, 1.0]))
     gamma_0 = jnp.broadcast_to(gamma_01[0], (batch,))
     gamma_1 = jnp.broadcast_to(gamma_01[1], (batch,))
-    z_0 = diffusion.q_sample(x, gamma_0, jax.random.normal(key_0, x.shape))
+    z_0 = diffusion.q_sample(x, gamma_0, noise["eps_0"])
     diffusion_term, eps_error = diffusion_loss_and_eps_error(
-        x, jax.random.normal(key_eps, x.shape), t, eps_hat_fn, gamma_fn, num_steps, gammas_t=gammas_t)
+        x, noise["eps"], noise["t"], eps_hat_fn, gamma_fn, num_steps, gammas_t=gammas_t)
     terms = {
         "prior": prior_kl(x, gamma_1),
         "reconstruction": reconstruction_loss(x_int, z_0, gamma_0, vocab_size, decoder_window),

@@ -10,10 +10,6 @@ conditioning vector (augmentation flags; zeros otherwise, as in the official
 model), then two dense + swish layers to 4x the width. An optional class label
 (index `num_classes` is the "null" label for classifier-free guidance) adds a
 learned embedding.
-
-With `scan_blocks`, the N identical down blocks and the N + 1 identical up
-blocks each run under `nn.scan`: one compiled block per stack, so compile time
-stays flat as depth grows.
 """
 
 from __future__ import annotations
@@ -21,15 +17,42 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vdm.nets.layers import (
-    RECOMPUTE_POLICY,
-    AttnBlock,
-    Base2FourierFeatures,
-    ResnetBlock,
-    conv3x3,
-    group_norm,
-    timestep_embedding,
-)
+from vdm.nets.layers import RECOMPUTE_POLICY, AttnBlock, Base2FourierFeatures, ResnetBlock, num_groups, timestep_embedding
+from vdm.nets.ops import Ops
+
+# What the network computes for its parameters. Checkpoints and config.json record it; a change that keeps the
+# parameter shapes but changes the function gets a new number and a line here (`vdm.training.checkpoint`).
+NETWORK_VERSION = 2
+NETWORK_VERSIONS = {
+    1: "GroupNorm of gcd(32, C) groups: 32 at widths that 32 divides, as the official network, one channel per "
+       "group below (runs before 2026-11-22 12:00 UTC)",
+    2: "GroupNorm of model.norm_groups groups, by default gcd(32, C/4): groups of >= 4 channels, so the "
+       "per-channel time conditioning is not normalised away at widths under 128",
+}
+
+
+def network_version_problem(stored: int, channels: int, norm_groups: int) -> str | None:
+    """Why parameters written by network version `stored` do not compute, in this network, what they computed there.
+
+    None when they do: the same version, or version 1 at a width that 32 divides where this
+    network's GroupNorms have 32 groups (model.norm_groups = 32, or the default at widths that
+    128 divides). That is the documented migration of version 1: at widths that 32 divides,
+    load it with model.norm_groups = 32. Below (one channel per group) no setting computes it.
+    """
+    if stored == NETWORK_VERSION:
+        return None
+    if stored > NETWORK_VERSION or stored not in NETWORK_VERSIONS:
+        return (f"it was written by network version {stored}, newer than this code's {NETWORK_VERSION} "
+                f"({NETWORK_VERSIONS[NETWORK_VERSION]}); update vdm")
+    migrates = stored == 1 and channels % 32 == 0
+    if migrates and (norm_groups == 32 or (norm_groups == 0 and channels % 128 == 0)):
+        return None
+    fix = ("load it with --config.model.norm_groups=32, the function of version 1 at this width" if migrates else
+           f"no setting of this code computes version {stored}'s function at width {channels}: retrain, or evaluate it "
+           "with the vdm of its time")
+    return (f"it was written by network version {stored} ({NETWORK_VERSIONS[stored]}), this code builds version "
+            f"{NETWORK_VERSION} ({NETWORK_VERSIONS[NETWORK_VERSION]}): the same parameter shapes, another function; "
+            + fix)
 
 
 class _DownLayer(nn.Module):
@@ -37,16 +60,14 @@ class _DownLayer(nn.Module):
     dropout: float
     attention: bool
     deterministic: bool
-    loop_friendly_conv: bool = False
-    fast_attention: bool = False
-    fast_norm: bool = False
+    ops: Ops
+    norm_groups: int
 
     @nn.compact
     def __call__(self, h, cond):
-        h = ResnetBlock(self.channels, self.dropout, self.deterministic, self.loop_friendly_conv, self.fast_norm,
-                        name="block")(h, cond)
+        h = ResnetBlock(self.channels, self.dropout, self.deterministic, self.ops, self.norm_groups, name="block")(h, cond)
         if self.attention:
-            h = AttnBlock(self.fast_attention, self.fast_norm, name="attn")(h)
+            h = AttnBlock(self.ops, self.norm_groups, name="attn")(h)
         return h, h
 
 
@@ -55,16 +76,15 @@ class _UpLayer(nn.Module):
     dropout: float
     attention: bool
     deterministic: bool
-    loop_friendly_conv: bool = False
-    fast_attention: bool = False
-    fast_norm: bool = False
+    ops: Ops
+    norm_groups: int
 
     @nn.compact
     def __call__(self, h, skip, cond):
-        h = ResnetBlock(self.channels, self.dropout, self.deterministic, self.loop_friendly_conv, self.fast_norm,
-                        name="block")(jnp.concatenate([h, skip], axis=-1), cond)
+        h = ResnetBlock(self.channels, self.dropout, self.deterministic, self.ops, self.norm_groups,
+                        name="block")(jnp.concatenate([h, skip.astype(h.dtype)], axis=-1), cond)
         if self.attention:
-            h = AttnBlock(self.fast_attention, self.fast_norm, name="attn")(h)
+            h = AttnBlock(self.ops, self.norm_groups, name="attn")(h)
         return h, None
 
 
@@ -101,19 +121,20 @@ class ScoreUNet(nn.Module):
       num_blocks: N, the number of down blocks (paper: 32); N + 1 up blocks.
       out_channels: channels of the prediction (the data's channel count).
       gamma_min, gamma_max: the range used to normalise gamma_t for the time embedding.
-      dropout, attention_per_block, fourier (start, stop, step, scale) or None, cond_dim,
-      num_classes (0: unconditional), scan_blocks, input_skip (add z to the output,
-      the official "base measure": eps_hat = z at initialisation), loop_friendly_conv
-      (3x3 convolutions with a gradient that stays fast inside nn.scan on XLA:CPU;
-      same parameters and values, see vdm.nets.cpu.conv), fast_attention (AttnBlock's
-      fast form: the same function, blocked queries, fewer passes), fast_norm (vdm.nets.cpu.norm.GroupNorm
-      instead of flax's: the same function and parameters, faster statistics), recompute
-      (each down / up block keeps only its conv1 output and dropout mask for the backward
-      pass and recomputes the rest: the same values, far less memory traffic; with scan_blocks
-      it saves stacking ~10 activations per block).
+      dropout: rate inside every ResNet block. attention_per_block: attention after every
+        block too (the middle attention is always there).
+      fourier: (start, stop, step, scale) of the input's Fourier features, or None.
+      cond_dim: width of the extra conditioning vector. num_classes: 0 = unconditional.
+      input_skip: add z to the output (the official "base measure": eps_hat = z at init).
+      norm_groups: GroupNorm groups, 0 = gcd(32, C/4) (`vdm.nets.layers.num_groups`).
+      scan_blocks: the N identical down blocks and the N + 1 up blocks each run under
+        nn.scan (one compiled block per stack: compile time stays flat with depth).
+      recompute: each block keeps only its conv1 output for the backward pass and
+        recomputes the rest (`vdm.nets.layers.RECOMPUTE_POLICY`): less memory, more FLOPs.
+      ops: how convolutions, norms, attention and dropout run, and in which dtype (`vdm.nets.ops`).
 
     Call: (z [B,H,W,C], gamma [B], cond [B, cond_dim] | None, labels [B] int | None,
-           deterministic) -> [B, H, W, out_channels].
+           deterministic) -> [B, H, W, out_channels] float32.
     """
 
     channels: int = 128
@@ -123,27 +144,26 @@ class ScoreUNet(nn.Module):
     gamma_max: float = 5.0
     dropout: float = 0.1
     attention_per_block: bool = False
-    fourier: tuple | None = (6, 8, 1, 1.0)  # (start, stop, step, scale) or None
+    fourier: tuple | None = (6, 8, 1, 1.0)
     cond_dim: int = 1
     num_classes: int = 0
-    scan_blocks: bool = True
     input_skip: bool = True
-    loop_friendly_conv: bool = False
-    fast_attention: bool = False
-    fast_norm: bool = False
+    norm_groups: int = 0
+    scan_blocks: bool = True
     recompute: bool = False
+    ops: Ops = Ops()
 
     @nn.compact
     def __call__(self, z, gamma, cond=None, labels=None, deterministic=True):
-        b = z.shape[0]
+        ops, b = self.ops, z.shape[0]
         gamma = jnp.broadcast_to(jnp.reshape(gamma, (-1,)), (b,))
         t = (gamma - self.gamma_min) / (self.gamma_max - self.gamma_min)
         emb = timestep_embedding(1000.0 * t, self.channels)
         if self.cond_dim:
-            cond = jnp.zeros((b, self.cond_dim), z.dtype) if cond is None else cond.astype(z.dtype)
+            cond = jnp.zeros((b, self.cond_dim), jnp.float32) if cond is None else cond.astype(jnp.float32)
             emb = jnp.concatenate([emb, cond], axis=-1)
-        emb = nn.swish(nn.Dense(4 * self.channels, name="dense0")(emb))
-        emb = nn.swish(nn.Dense(4 * self.channels, name="dense1")(emb))
+        emb = nn.swish(ops.dense(4 * self.channels, name="dense0")(emb))
+        emb = nn.swish(ops.dense(4 * self.channels, name="dense1")(emb))
         if self.num_classes:
             if labels is None:
                 labels = jnp.full((b,), self.num_classes, jnp.int32)  # the null label
@@ -152,32 +172,25 @@ class ScoreUNet(nn.Module):
         h = z
         if self.fourier is not None:
             h = jnp.concatenate([z, Base2FourierFeatures(*self.fourier, name="fourier")(z)], axis=-1)
-        lf = self.loop_friendly_conv
-        h = conv3x3(self.channels, lf, name="conv_in")(h)
+        h = ops.conv3x3(self.channels, name="conv_in")(h).astype(jnp.float32)
 
-        layer_kwargs = dict(
-            channels=self.channels,
-            dropout=self.dropout,
-            attention=self.attention_per_block,
-            deterministic=deterministic,
-            loop_friendly_conv=lf,
-            fast_attention=self.fast_attention,
-            fast_norm=self.fast_norm,
-        )
+        block = dict(channels=self.channels, dropout=self.dropout, attention=self.attention_per_block,
+                     deterministic=deterministic, ops=ops, norm_groups=self.norm_groups)
+        stack = dict(scan=self.scan_blocks, recompute=self.recompute, **block)
         h0 = h
-        stack = dict(scan=self.scan_blocks, recompute=self.recompute, **layer_kwargs)
         h, skips = _stack(_DownLayer, self.num_blocks, in_axes=(nn.broadcast,), name="down", **stack)(h, emb)
 
-        fast_norm = self.fast_norm
-        h = ResnetBlock(self.channels, self.dropout, deterministic, lf, fast_norm, name="mid_block_1")(h, emb)
-        h = AttnBlock(self.fast_attention, fast_norm, name="mid_attn")(h)
-        h = ResnetBlock(self.channels, self.dropout, deterministic, lf, fast_norm, name="mid_block_2")(h, emb)
+        mid = (self.channels, self.dropout, deterministic, ops, self.norm_groups)
+        h = ResnetBlock(*mid, name="mid_block_1")(h, emb)
+        h = AttnBlock(ops, self.norm_groups, name="mid_attn")(h)
+        h = ResnetBlock(*mid, name="mid_block_2")(h, emb)
 
         skips = jnp.concatenate([h0[None], skips], axis=0)[::-1]  # N + 1 skips, last first
         h, _ = _stack(_UpLayer, self.num_blocks + 1, in_axes=(0, nn.broadcast), name="up", **stack)(h, skips, emb)
 
-        h = nn.swish(group_norm(h.shape[-1], self.fast_norm)(h))
-        out = conv3x3(self.out_channels, lf, kernel_init=nn.initializers.zeros, name="conv_out")(h)
+        h = nn.swish(ops.group_norm(num_groups(h.shape[-1], self.norm_groups))(h))
+        out = ops.conv3x3(self.out_channels, kernel_init=nn.initializers.zeros, name="conv_out")(h)
+        out = out.astype(jnp.float32)
         if self.input_skip:
             out = out + z
         return out

@@ -69,6 +69,18 @@ def batch_sharding(mesh: Mesh, leading_axes: int = 0) -> NamedSharding:
     return NamedSharding(mesh, P(*([None] * leading_axes), "data"))
 
 
+def constrain_to_batch(mesh: Mesh | None):
+    """x -> x laid out batch-sharded over 'data' inside a jitted function (identity without a mesh).
+
+    Applied to a network's input inside a sampler or an ODE solve, it makes every
+    device run the network on its part of the batch.
+    """
+    if mesh is None:
+        return lambda x: x
+    sharding = batch_sharding(mesh)
+    return lambda x: jax.lax.with_sharding_constraint(x, sharding)
+
+
 def check_batch_size(global_batch_size: int, mesh: Mesh, key: str = "training.batch_size") -> None:
     n = mesh.devices.size
     if global_batch_size % n:

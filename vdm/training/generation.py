@@ -41,8 +41,7 @@ def sample(model, params, key, num_samples: int, sampler: str = "ancestral", num
     else:
         eps_hat_fn = model.eps_hat_fn(params, labels=labels)
     gamma_fn = model.gamma_fn(params)
-    shard = (lambda x: x) if mesh is None else functools.partial(
-        jax.lax.with_sharding_constraint, shardings=distributed.batch_sharding(mesh))
+    shard = distributed.constrain_to_batch(mesh)
     z_0 = sampling.get_sampler(sampler)(k_sample, lambda z, gamma: eps_hat_fn(shard(z), gamma), gamma_fn,
                                         (num_samples, *model.image_shape), num_steps)
     return shard(sampling.decode(shard(z_0), gamma_fn(jnp.zeros((1,)))[0], model.vocab_size, k_decode))

@@ -53,13 +53,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
     training = _Training(Run(config, workdir))
     with PreemptionGuard() as guard:
         while training.step < t.num_steps:
-            metrics = training.train_call()
+            training.train_call()
             out_of_time, stop, save_due = training.flags(guard)
             last = training.step == t.num_steps
             log_due = every(t.log_every, training.step) or last or out_of_time
             eval_due = every(t.eval_every, training.step) and not last and not out_of_time
             if log_due or eval_due or save_due or stop:
-                training.check_finite(metrics)  # nothing is logged or saved after a bad step
+                training.check_finite()  # nothing is logged or saved after a bad step
             if log_due:
                 training.log()
             if eval_due:
@@ -95,7 +95,7 @@ class _Training:
         if resumed is None:
             self.state = run.fresh_state()
         else:
-            self.state = checkpoint.restore(self.manager, run.abstract_state(), resumed, self.iterator.iterator)
+            self.state = run.restore(resumed, self.iterator.iterator, self.manager)
         self.step = int(distributed.to_host(self.state.step))
         self.writer = outputs.MetricsWriter(run.workdir, enabled=run.main)
         if run.main:
@@ -111,21 +111,31 @@ class _Training:
                         mininterval=2.0 if interactive else 30.0, disable=not run.main)
         now = time.time()
         self.start = now - self.writer.last_value("train", "train_seconds", 0.0)  # max_seconds counts across resumes
-        self.pending = []  # the metrics of every call since the last log line
+        self.pending = []  # the metrics of every call since the last log line, on the devices
+        self.fetched = {}  # the same, on the host: fetched once, when a log, eval or checkpoint needs them
         self.last_log_step, self.last_log_time = self.step, now
         self.last_saved, self.last_save_time = self.step, now
 
-    def train_call(self):
-        """One compiled call of `steps_per_call` steps; returns its metrics (leaves [K])."""
+    def train_call(self) -> None:
+        """Dispatches one compiled call of `steps_per_call` steps; its metrics stay on the devices.
+
+        Nothing here waits for the devices: the host prepares the next batches while
+        they compute, and the metrics reach the host once per log line (`host_metrics`).
+        """
         k = self.t.steps_per_call
         batches = distributed.global_batch(self.iterator.next(k), self.run.mesh, leading_axes=1)
-        if self.pending:  # the previous call: waiting for it keeps exactly one call in flight
-            self.check_finite(self.pending[-1], self.step - k)
         self.state, metrics = self.train_step(self.state, batches, self.run.keys["train"])
         self.step += k
         self.pending.append(metrics)
         self.bar.update(k)
-        return metrics
+
+    def host_metrics(self) -> dict:
+        """The metrics of every step since the last log line, [steps] per name, on the host (one fetch)."""
+        count = sum(len(m["nonfinite"]) for m in self.pending)
+        if self.pending and len(self.fetched.get("nonfinite", ())) != count:
+            stacked = jax.tree.map(lambda *leaves: jax.numpy.concatenate(leaves), *self.pending)
+            self.fetched = {k: distributed.to_host(v) for k, v in stacked.items()}
+        return self.fetched
 
     def flags(self, guard) -> tuple[bool, bool, bool]:
         """(out of time, stop requested, checkpoint due), the same on every process."""
@@ -136,10 +146,12 @@ class _Training:
             every(self.c.every_steps, self.step) or minutes)
         return out_of_time, stop, save_due
 
-    def check_finite(self, metrics, first: int | None = None) -> None:
-        """NonFiniteLoss naming the step if a step of this call was rejected and training.on_nonfinite = 'stop'."""
-        first = self.step - self.t.steps_per_call if first is None else first
-        rejected = distributed.to_host(metrics["nonfinite"])
+    def check_finite(self) -> None:
+        """NonFiniteLoss naming the step if a step since the last log line was rejected and training.on_nonfinite = 'stop'."""
+        if not self.pending:
+            return
+        rejected = self.host_metrics()["nonfinite"]
+        first = self.step - len(rejected)
         if rejected.any() and self.t.on_nonfinite == "stop":
             raise NonFiniteLoss(
                 f"step {first + int(np.argmax(rejected))} gave a non-finite loss or gradient; its update was rejected "
@@ -149,11 +161,11 @@ class _Training:
 
     def log(self) -> None:
         """A metrics.jsonl row of the means since the last one, and the progress bar's figures."""
-        means = _mean_metrics(self.pending)
+        means = _mean_metrics(dict(self.host_metrics()))
         now = time.time()
         means["steps_per_sec"] = (self.step - self.last_log_step) / (now - self.last_log_time)
         means["train_seconds"] = now - self.start
-        self.last_log_step, self.last_log_time, self.pending = self.step, now, []
+        self.last_log_step, self.last_log_time, self.pending, self.fetched = self.step, now, [], {}
         self.writer.write(self.step, "train", means)
         if math.isfinite(means["bpd"]):
             self.bar.set_postfix(bpd=f"{means['bpd']:.3f}", g0=f"{means['gamma_0']:.2f}", g1=f"{means['gamma_1']:.2f}")
@@ -198,9 +210,8 @@ def _header(run: Run, state, resumed) -> str:
             + (f"; resumed from step {resumed}" if resumed is not None else ""))
 
 
-def _mean_metrics(pending) -> dict:
-    """Means over the finite values of each metric, plus the number of rejected steps."""
-    cat = {k: np.concatenate([distributed.to_host(m[k]) for m in pending]) for k in pending[0]}
+def _mean_metrics(cat: dict) -> dict:
+    """Means over the finite values of each metric ({name: [steps]}), plus the number of rejected steps."""
     ok = cat.pop("nonfinite") == 0
     means = {k: float(np.mean(v[ok])) if ok.any() else float("nan") for k, v in cat.items()}
     means["rejected_steps"] = float((~ok).sum())

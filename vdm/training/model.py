@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 
 from vdm.core import diffusion, losses, schedules
-from vdm.nets import ScoreUNet
-from vdm.nets.cpu import prng
+from vdm.nets import ScoreUNet, make_ops
+from vdm.nets.unet import network_version_problem
 from vdm.sampling import guidance
 
 
@@ -36,7 +36,6 @@ class VDM:
     decoder_window: int = 0
     class_conditional: bool = False
     label_dropout: float = 0.0
-    fast_dropout_rng: bool = False
 
     @classmethod
     def from_config(cls, config) -> "VDM":
@@ -54,12 +53,11 @@ class VDM:
             fourier=(m.fourier_start, m.fourier_stop, m.fourier_step, m.fourier_scale) if m.fourier_features else None,
             cond_dim=m.cond_dim,
             num_classes=num_classes,
-            scan_blocks=m.scan_blocks,
             input_skip=m.input_skip and m.prediction == "eps",
-            loop_friendly_conv=m.loop_friendly_conv,
-            fast_attention=m.fast_attention,
-            fast_norm=m.fast_norm,
+            norm_groups=m.norm_groups,
+            scan_blocks=m.scan_blocks,
             recompute=m.recompute,
+            ops=make_ops(m.impl, m.dtype, scanned=m.scan_blocks),
         )
         kwargs = {"width": s.width} if s.name == "monotone_net" else {}
         return cls(
@@ -75,12 +73,15 @@ class VDM:
             decoder_window=config.loss.decoder_window,
             class_conditional=m.class_conditional,
             label_dropout=m.label_dropout,
-            fast_dropout_rng=m.fast_dropout_rng,
         )
 
     @property
     def num_dims(self) -> int:
         return math.prod(self.image_shape)
+
+    def network_version_problem(self, stored: int) -> str | None:
+        """Why parameters of network version `stored` would compute something else here; None if they would not."""
+        return network_version_problem(stored, self.net.channels, self.net.norm_groups)
 
     def init(self, key):
         """Parameters {"net", "schedule"} for a batch of one image."""
@@ -94,13 +95,7 @@ class VDM:
         return functools.partial(self.schedule, params["schedule"])
 
     def eps_hat_fn(self, params, labels=None, cond=None, dropout_key=None):
-        """(z [B, ...], gamma [B]) -> eps_hat [B, ...]. Dropout is on iff a dropout_key is given.
-
-        With fast_dropout_rng the key is rewrapped by `vdm.nets.cpu.prng.unrolled_threefry_key`:
-        the same dropout masks, drawn several times faster on a CPU.
-        """
-        if dropout_key is not None and self.fast_dropout_rng:
-            dropout_key = prng.unrolled_threefry_key(dropout_key)
+        """(z [B, ...], gamma [B]) -> eps_hat [B, ...] float32. Dropout is on iff a dropout_key is given."""
 
         def eps_hat(z, gamma):
             rngs = {} if dropout_key is None else {"dropout": dropout_key}
@@ -131,21 +126,26 @@ class VDM:
             labels = jnp.where(drop, self.num_classes, labels)
         return labels
 
-    def elbo_terms(self, params, batch, key, train=False, t=None, gammas_t=None):
-        """Per-example ELBO terms (nats and bits/dim), see `vdm.core.losses.elbo_terms`."""
-        k_elbo, k_drop, k_label = jax.random.split(key, 3)
+    @staticmethod
+    def _split(key):
+        """A step's key -> (ELBO draws, dropout, label dropout) keys."""
+        return jax.random.split(key, 3)
+
+    def elbo_terms(self, params, batch, key, train=False, noise=None, gammas_t=None):
+        """Per-example ELBO terms (nats and bits/dim), see `vdm.core.losses.elbo_terms`.
+
+        key: dropout and label-dropout randomness (train=True) and, unless `noise` is
+        given, the ELBO's draws (`vdm.core.losses.elbo_noise`).
+        """
+        k_elbo, k_drop, k_label = self._split(key)
         eps_hat_fn = self.eps_hat_fn(
             params, self._labels(batch, k_label, train), batch.get("cond"), k_drop if train else None
         )
+        noise = losses.elbo_noise(k_elbo, batch["images"].shape) if noise is None else noise
         return losses.elbo_terms(
-            batch["images"], k_elbo, eps_hat_fn, self.gamma_fn(params), self.vocab_size, self.num_steps, t=t,
+            batch["images"], noise, eps_hat_fn, self.gamma_fn(params), self.vocab_size, self.num_steps,
             gammas_t=gammas_t, decoder_window=self.decoder_window,
         )
-
-    def training_times(self, key, batch_size: int):
-        """The t [B] that `elbo_terms(..., train=True)` draws for this key."""
-        k_elbo = jax.random.split(key, 3)[0]
-        return losses.low_discrepancy_times(jax.random.split(k_elbo, 3)[0], batch_size)
 
     def loss_and_grads(self, params, batch, key):
         """((scalar loss, per-example terms), grads) of `training_loss`.
@@ -157,13 +157,13 @@ class VDM:
         """
         if self.interior_objective == "elbo":
             return jax.value_and_grad(self.training_loss, has_aux=True)(params, batch, key)
-        t = self.training_times(key, batch["images"].shape[0])
+        noise = losses.elbo_noise(self._split(key)[0], batch["images"].shape)  # drawn once, passed on
 
         def per_example(p, gammas_t):
-            terms = self.elbo_terms(p, batch, key, train=True, t=t, gammas_t=gammas_t)
+            terms = self.elbo_terms(p, batch, key, train=True, noise=noise, gammas_t=gammas_t)
             return terms["bpd"], terms["bpd_diffusion"], terms
 
-        return losses.variance_minimizing_value_and_grad(per_example, self.schedule, params, t)
+        return losses.variance_minimizing_value_and_grad(per_example, self.schedule, params, noise["t"])
 
     def training_loss(self, params, batch, key):
         """(scalar loss, per-example terms): the mean of the objective's per-example loss (`losses.OBJECTIVES`).

@@ -17,7 +17,7 @@ import jax
 from vdm.config.validation import validate
 from vdm.data import pipeline
 from vdm.data.datasets import Source
-from vdm.training import checkpoint, distributed
+from vdm.training import checkpoint, distributed, workdirs
 from vdm.training.model import VDM
 from vdm.training.optim import make_optimizer
 from vdm.training.steps import create_train_state, make_eval_step
@@ -55,7 +55,7 @@ class Run:
 
     @functools.cached_property
     def eval_step(self):
-        return make_eval_step(self.model, self.mesh)
+        return make_eval_step(self.model, self.mesh, self.config.eval.matmul_precision)
 
     def test_split(self) -> pipeline.Split:
         d = self.config.data
@@ -75,6 +75,7 @@ class Run:
     def manager(self):
         return checkpoint.make_manager(self.workdir, self.config.checkpoint.max_to_keep)
 
-    def restore(self, step=None, data_iterator=None):
+    def restore(self, step=None, data_iterator=None, manager=None):
         """The train state of a checkpoint (default: the latest complete one); the data position too if given."""
-        return checkpoint.restore(self.manager(), self.abstract_state(), step, data_iterator)
+        return checkpoint.restore(manager or self.manager(), self.abstract_state(), step, data_iterator, model=self.model,
+                                  fallback_version=workdirs.recorded_network_version(self.workdir))

@@ -96,11 +96,17 @@ def make_train_step(model: VDM, tx, lr_schedule, ema_decay: float, mesh=None, do
                    out_shardings=(repl, repl))
 
 
-def make_eval_step(model: VDM, mesh=None):
-    """Returns a jitted eval_step(params, batch, key) -> per-example terms {name: [B]} (no dropout)."""
+def make_eval_step(model: VDM, mesh=None, matmul_precision: str = "highest"):
+    """Returns a jitted eval_step(params, batch, key) -> per-example terms {name: [B]} (no dropout).
+
+    Its matmuls and convolutions run at `matmul_precision` (config key eval.matmul_precision;
+    'highest': full float32 on every backend, so reported bits/dim do not depend on a TPU's
+    bf16 passes or a GPU's TF32; 'default': the backend's choice).
+    """
 
     def eval_step(params, batch, key):
-        terms = model.elbo_terms(params, batch, key, train=False)
+        with jax.default_matmul_precision(matmul_precision):
+            terms = model.elbo_terms(params, batch, key, train=False)
         return {name: terms[name] for name in TERM_NAMES}
 
     if mesh is None:

@@ -21,8 +21,9 @@ import jax
 import ml_collections
 
 from vdm.config.schema import base_config
-from vdm.config.validation import flatten
+from vdm.config.validation import REMOVED_KEYS, flatten
 from vdm.errors import CheckpointError, WorkdirError
+from vdm.nets.unet import NETWORK_VERSION
 from vdm.training import checkpoint, distributed, outputs
 from vdm.training.model import VDM
 from vdm.training.optim import make_optimizer
@@ -41,8 +42,34 @@ def check_workdir(workdir: str) -> None:
         raise WorkdirError(f"workdir {workdir} is not writable ({e.strerror or e}); pass a writable --workdir") from None
 
 
+# The network version of a workdir written before config.json recorded one: version 1 until the GroupNorm change.
+_VERSION_2_FROM = "2026-11-22T12:00:00"
+
+
+def recorded_network_version(workdir: str) -> int | None:
+    """The network version of a workdir's run (`vdm.nets.unet.NETWORK_VERSIONS`); None without a config.json.
+
+    config.json records it since 2026-12-02; an older one is dated: written before
+    2026-11-22 12:00 UTC (the GroupNorm change) it is version 1, else version 2.
+    """
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        stored = json.load(f)
+    if "network_version" in stored:
+        return int(stored["network_version"])
+    return 1 if str(stored.get("time", "9999"))[:19] < _VERSION_2_FROM else 2
+
+
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config in <workdir>/config.json on today's schema; CheckpointError if there is none."""
+    """The config in <workdir>/config.json on today's schema; CheckpointError if there is none.
+
+    Keys removed from the schema are dropped (`vdm.config.validation.REMOVED_KEYS`: they
+    chose among forms of the same function); keys added since take their defaults, except
+    that a run of network version 1 at a width that 32 divides gets model.norm_groups = 32,
+    that version's function.
+    """
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise CheckpointError(f"{path} not found: is {workdir} a vdm workdir?")
@@ -51,10 +78,13 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     config = base_config()  # keys added to vdm/config/schema.py after the run started take their defaults
     for section, values in saved.items():
         if section in config and isinstance(values, dict):
-            config[section].update(values)
+            config[section].update({k: v for k, v in values.items() if f"{section}.{k}" not in REMOVED_KEYS})
         else:
             config[section] = values
     config.data.image_shape = tuple(config.data.image_shape)
+    if (recorded_network_version(workdir) == 1 and "norm_groups" not in saved.get("model", {})
+            and config.model.channels % 32 == 0):
+        config.model.norm_groups = 32  # version 1's function at this width (vdm.nets.unet.network_version_problem)
     return config
 
 
@@ -87,8 +117,9 @@ def describe_differences(differences, limit: int = 3) -> str:
 
 
 def write_config(config, workdir: str) -> None:
-    """<workdir>/config.json: the config with the package versions and the git commit of the code."""
-    outputs.write_json(os.path.join(workdir, "config.json"), {"config": config.to_dict(), **outputs.run_metadata()})
+    """<workdir>/config.json: the config, the package versions, the git commit and the network version."""
+    outputs.write_json(os.path.join(workdir, "config.json"), {"config": config.to_dict(), **outputs.run_metadata(),
+                                                              "network_version": NETWORK_VERSION})
 
 
 def check_same_config(config, workdir: str) -> None:
@@ -154,5 +185,6 @@ def load_run(workdir: str, step: int | None = None, ema: bool = True) -> LoadedR
     model = VDM.from_config(config)
     tx, _ = make_optimizer(config.optim, config.training.num_steps)
     abstract = jax.eval_shape(lambda: create_train_state(model, tx, jax.random.key(0)))
-    state = checkpoint.restore(checkpoint.make_manager(workdir), abstract, step)
+    state = checkpoint.restore(checkpoint.make_manager(workdir), abstract, step, model=model,
+                               fallback_version=recorded_network_version(workdir))
     return LoadedRun(config, model, state.ema_params if ema else state.params)
