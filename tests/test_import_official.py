@@ -6,10 +6,14 @@ ELBO terms and network output for 4 images, with its own noise and times. Import
 our losses with the same draws give the same per-example terms to 1e-4 (measured:
 reconstruction ~3e-5, float32 rounding of z_0 / alpha_0 amplified by SNR_0; the rest
 <= 3e-6). The paper-size test maps a tree of the official names and shapes at
-configs/cifar10.py size (no 120 MB file here).
+configs/cifar10.py size (no 120 MB file here). The command-line tests import the
+fixture as a workdir and evaluate and sample it with `python -m vdm.main --workdir=W`.
 """
 
+import json
 import os
+import shutil
+import subprocess
 import sys
 
 import jax
@@ -19,7 +23,7 @@ import pytest
 
 from conftest import ROOT
 from vdm.config.validation import load_config_file, parse_override
-from vdm.errors import CheckpointError
+from vdm.errors import CheckpointError, ConfigError
 from vdm.training import official
 
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "official_vdm_c32")
@@ -276,3 +280,61 @@ def test_a_bad_checkpoint_or_a_contradicting_override_stops_with_one_line_and_wr
                                  "--config.model.norm_groups=8")
     assert code == 2 and "model.norm_groups is 32" in err, err
     assert not workdir.exists() and os.listdir(tmp_path) == ["ckpt-1.flax"]
+
+
+def _main_in_process(args, capsys) -> str:
+    """`python -m vdm.main ARGS` inside this test process: its stdout."""
+    from absl import flags
+
+    from vdm import main as cli
+
+    argv = ["vdm.main", *args]
+    cli.precheck(argv)
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(argv)
+    capsys.readouterr()
+    cli.main(argv)
+    return capsys.readouterr().out
+
+
+def test_an_imported_workdir_evaluates_and_samples_without_config(tmp_path, capsys):
+    """import_official (the command) writes a workdir; vdm.main --workdir=W alone evaluates and samples it.
+
+    The 8x8-trained convolutional net runs at 16x16 on the bundled photo patches (the right channel count).
+    """
+    workdir = tmp_path / "imported"
+    proc = subprocess.run(
+        [sys.executable, "-m", "vdm.import_official", f"--checkpoint={CHECKPOINT}", f"--workdir={workdir}",
+         "--config.data.name=photo_patches16", "--config.data.image_shape=(16, 16, 3)", "--config.eval.num_repeats=1",
+         "--config.eval.batch_size=520", "--config.eval.num_samples=4", "--config.eval.sampler_steps=2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-1] == f"workdir={workdir}" and "official step 123456" in lines[0] and "223,557 parameters" in lines[0]
+    stored = json.loads((workdir / "config.json").read_text())
+    assert stored["imported_from"]["official_step"] == 123456
+    assert stored["imported_from"]["checkpoint"].endswith("ckpt-1.flax")
+    assert stored["config"]["model"]["norm_groups"] == 32 and stored["config"]["model"]["channels"] == 32
+    assert os.listdir(workdir / "checkpoints") == ["123456"]
+    out = _main_in_process([f"--workdir={workdir}", "--mode=eval"], capsys)
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("test_bpd=") and 5 < float(last.split()[0].split("=")[1]) < 40, out
+    out = _main_in_process([f"--workdir={workdir}", "--mode=sample", "--sampler=ddim", "--steps=50"], capsys)
+    assert "T = 50: 4 samples" in out, out
+    samples = np.load(workdir / "samples_ddim.npz")["samples"]
+    assert samples.shape == (4, 16, 16, 3) and samples.min() >= 0 and samples.max() <= 255
+    # a later write of config.json (as training does when it starts) keeps the import record
+    from vdm.training import workdirs
+
+    workdirs.write_config(workdirs.load_config(str(workdir)), str(workdir))
+    assert json.loads((workdir / "config.json").read_text())["imported_from"] == stored["imported_from"]
+
+
+def test_main_without_config_needs_a_workdir_with_a_config_json(tmp_path):
+    from vdm import main as cli
+
+    with pytest.raises(ConfigError, match=f"missing --config=configs/NAME.py: {tmp_path} has no config.json"):
+        cli.precheck(["vdm.main", f"--workdir={tmp_path}", "--mode=eval"])
+    shutil.rmtree(tmp_path)
+    with pytest.raises(ConfigError, match=r"missing --config=configs/NAME.py \(or a --workdir with a config.json\)"):
+        cli.precheck(["vdm.main", "--mode=eval"])
