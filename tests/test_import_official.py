@@ -279,6 +279,9 @@ def test_a_bad_checkpoint_or_a_contradicting_override_stops_with_one_line_and_wr
     code, _, err = _official_cli(monkeypatch, capsys, f"--checkpoint={CHECKPOINT}", f"--workdir={workdir}",
                                  "--config.model.norm_groups=8")
     assert code == 2 and "model.norm_groups is 32" in err, err
+    code, _, err = _official_cli(monkeypatch, capsys, f"--checkpoint={CHECKPOINT}", f"--workdir={workdir}",
+                                 "--config.data.augmentation=dihedral")
+    assert code == 2 and err.count("\n") == 1 and "feeds 7 conditioning inputs" in err and "takes 1" in err, err
     assert not workdir.exists() and os.listdir(tmp_path) == ["ckpt-1.flax"]
 
 

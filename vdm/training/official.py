@@ -243,6 +243,14 @@ def configure(config, params: dict, explicit=(), file: str = "the checkpoint") -
             raise ConfigError(f"--config.{shown} contradicts the official checkpoint {file}: {why} "
                               f"{key} is {value!r}; drop the override")
         _set(config, key, value)
+    from vdm.data.augment import AUGMENTATIONS
+
+    feeds = AUGMENTATIONS.lookup(config.data.augmentation) - 1
+    if feeds and feeds != config.model.cond_dim:
+        raise ConfigError(f"data.augmentation={config.data.augmentation!r} feeds {feeds} conditioning inputs (one per "
+                          f"group element), the official network of {file} takes {config.model.cond_dim} (the official "
+                          "cifar10_aug: one flag, 1 for an image flipped and/or rotated by 90 degrees); fine-tune it "
+                          "with data.augmentation 'none' or 'flip'")
     validate(config)
     return config, wanted
 
