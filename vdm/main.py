@@ -1,4 +1,4 @@
-"""Command line: python -m vdm.main --config=configs/digits.py[:variant] --workdir=DIR
+"""Command line: python -m vdm.main [--config=configs/digits.py[:variant]] --workdir=DIR
                  [--mode=train|eval|sample|likelihood] [--config.some.key=value ...]
                  [--sampler=ancestral|ddim|ode|ode_adaptive|reverse_sde|pc|annealed_langevin --steps=N
                   --guidance=W --label=K]
@@ -10,7 +10,10 @@ likelihood_run, generation.sample_run.
 Training resumes from the workdir's latest checkpoint when there is one; a workdir
 that holds a run of another config stops with one line naming the differing keys
 (exit 1). eval / sample / likelihood evaluate the model the workdir trained (its
-config.json), with --config's eval keys. The console shows vdm's own lines only;
+config.json), with --config's eval keys. Without --config, the workdir's config.json
+is the config (with any --config.key=value applied): every mode of an existing
+workdir, an imported one (`python -m vdm.import_official`) included, runs from
+--workdir alone. The console shows vdm's own lines only;
 --verbose brings back the libraries' logs.
 Errors print one line `vdm: <kind>: <message>`; exit codes are listed in
 `vdm.errors` (0 done, 1 error, 2 config error, 75 preempted and resumable).
@@ -45,26 +48,56 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process: this proc
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show every library log line (absl, tfds, orbax, XLA).")
 
 
-def precheck(argv) -> None:
-    """Validates --config and every --config.key=value before absl sees them, with one-line errors."""
-    config_arg, overrides = None, []
-    args = list(argv[1:])
+# Without --config: the --config.key=value overrides that precheck found, applied by main to the workdir's config.
+_WORKDIR_OVERRIDES = []
+
+
+def _flag_value(args, name):
+    """The value of --name=V or --name V among args, else None."""
     for i, a in enumerate(args):
-        if a.startswith("--config="):
-            config_arg = a.split("=", 1)[1]
-        elif a == "--config" and i + 1 < len(args):
-            config_arg = args[i + 1]
-        elif a.startswith("--config."):
+        if a.startswith(f"--{name}="):
+            return a.split("=", 1)[1]
+        if a == f"--{name}" and i + 1 < len(args):
+            return args[i + 1]
+    return None
+
+
+def workdir_config(workdir, overrides):
+    """What --config is when none is given: <workdir>/config.json with the overrides; ConfigError if it has none."""
+    if not workdir or not os.path.exists(os.path.join(workdir, "config.json")):
+        where = f": {workdir} has no config.json to take the config from" if workdir else " (or a --workdir with a config.json)"
+        raise ConfigError(f"missing --config=configs/NAME.py{where}")
+    from vdm.training import workdirs
+
+    config = workdirs.load_config(workdir)
+    for key, value in overrides:
+        parse_override(config, key, value)
+    return config
+
+
+def precheck(argv) -> None:
+    """Validates --config (or the workdir's config.json) and every --config.key=value before absl sees them.
+
+    One-line errors. Without --config, remembers the overrides for `main` (absl knows
+    --config.key flags only with a --config file; `cli` hands them to main instead).
+    """
+    overrides = []
+    args = list(argv[1:])
+    config_arg = _flag_value(args, "config")
+    for a in args:
+        if a.startswith("--config."):
             key, sep, value = a[len("--config."):].partition("=")
             if not sep:
                 raise ConfigError(f"config override '{a}' needs the form --config.{key}=VALUE")
             overrides.append((key, value))
     if config_arg is None:
-        raise ConfigError("missing --config=configs/NAME.py")
-    path, _, variant = config_arg.partition(":")
-    config = load_config_file(path, variant or None)
-    for key, value in overrides:
-        parse_override(config, key, value)
+        config = workdir_config(_flag_value(args, "workdir"), overrides)
+        _WORKDIR_OVERRIDES[:] = overrides
+    else:
+        path, _, variant = config_arg.partition(":")
+        config = load_config_file(path, variant or None)
+        for key, value in overrides:
+            parse_override(config, key, value)
     validate(config)
 
 
@@ -77,6 +110,8 @@ def main(argv):
     from vdm.training import distributed, evaluation, generation, loop, workdirs
 
     config = _CONFIG.value
+    if config is None:  # no --config: the workdir's own (precheck made sure it has one)
+        config = workdir_config(_WORKDIR.value, _WORKDIR_OVERRIDES)
     validate(config)
     distributed.use_cpu_devices(config.cpu.devices)  # before anything starts JAX's backends
     if _DISTRIBUTED.value or _COORDINATOR.value:
@@ -104,8 +139,11 @@ def cli():
     except ConfigError as e:
         print(f"vdm: config error: {e}", file=sys.stderr)
         sys.exit(2)
+    argv = sys.argv
+    if _flag_value(argv[1:], "config") is None:  # the overrides go to the workdir's config, not to absl
+        argv = [a for a in argv if not a.startswith("--config.")]
     try:
-        app.run(main)
+        app.run(main, argv=argv)
     except VdmError as e:  # data, checkpoint, workdir, non-finite loss, preemption: one line, no traceback
         print(f"vdm: {e.kind}: {e}", file=sys.stderr, flush=True)
         sys.exit(e.exit_code)

@@ -19,6 +19,10 @@ Families (all with finite endpoints gamma(0) = gamma_0, gamma(1) = gamma_1):
   * `MonotoneNet`      the paper's positive-weight network, endpoints pinned and learned
   * `BetaLinear`       DDPM's beta-linear schedule, affinely re-timed onto [gamma_0, gamma_1]
   * `AlphaCosine`      Nichol & Dhariwal's cosine schedule, re-timed likewise
+
+and `OfficialNNet`, the official code's `learnable_nnet` schedule as it is (endpoints
+not pinned, so gamma(0), gamma(1) move with its network), for checkpoints of that
+code (`python -m vdm.import_official`).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ __all__ = [
     "MonotoneNet",
     "BetaLinear",
     "AlphaCosine",
+    "OfficialNNet",
     "gamma_and_derivative",
     "make_schedule",
     "SCHEDULES",
@@ -214,12 +219,54 @@ class AlphaCosine:
         return 2.0 * (jnp.log(jnp.sin(half_pi * tau)) - jnp.log(jnp.sin(half_pi * rest)))
 
 
+@dataclasses.dataclass(frozen=True)
+class OfficialNNet:
+    """The official VDM code's `learnable_nnet` schedule (its NoiseSchedule_NNet), the same function of the same weights.
+
+    With |.| taken of every weight (monotone dense layers) and n = width,
+
+        gamma(t) = |w1| t + b1 + (1/n) |w3| . s(|w2| (2t - 1) + b2),   s(u) = 2 sigmoid(u) - 1.
+
+    Unlike `MonotoneNet` the endpoints are not pinned: gamma(0) and gamma(1) are
+    whatever the network gives, so the whole tree is "interior" and "endpoints" is
+    empty. Parameters keep the official names, {"l1": {"kernel" [1, 1], "bias" [1]},
+    "l2": {"kernel" [1, n], "bias" [n]}, "l3": {"kernel" [n, 1]}}, and the official
+    initialisation (l1 from gamma_min to gamma_max, l2 and l3 normal(0.01));
+    the width is read from the parameters (the official code's is 1024).
+    """
+
+    gamma_min: float = -13.3
+    gamma_max: float = 5.0
+    width: int = 1024
+
+    def init(self, key):
+        k2, k3 = jax.random.split(key)
+        interior = {
+            "l1": {"kernel": jnp.full((1, 1), self.gamma_max - self.gamma_min, jnp.float32),
+                   "bias": jnp.full((1,), self.gamma_min, jnp.float32)},
+            "l2": {"kernel": 0.01 * jax.random.normal(k2, (1, self.width), jnp.float32),
+                   "bias": jnp.zeros((self.width,), jnp.float32)},
+            "l3": {"kernel": 0.01 * jax.random.normal(k3, (self.width, 1), jnp.float32)},
+        }
+        return {"endpoints": {}, "interior": interior}
+
+    def __call__(self, params, t):
+        p = params["interior"]
+        t = jnp.asarray(t, jnp.float32)[..., None]  # [..., 1]
+        h = t @ jnp.abs(p["l1"]["kernel"]) + p["l1"]["bias"]
+        u = (2.0 * (t - 0.5)) @ jnp.abs(p["l2"]["kernel"]) + p["l2"]["bias"]
+        u = 2.0 * (jax.nn.sigmoid(u) - 0.5)
+        h = h + (u @ jnp.abs(p["l3"]["kernel"])) / p["l2"]["kernel"].shape[-1]
+        return h[..., 0]
+
+
 SCHEDULES = Registry("schedule", {
     "fixed_linear": FixedLinear,
     "learned_linear": LearnedLinear,
     "monotone_net": MonotoneNet,
     "beta_linear": BetaLinear,
     "alpha_cosine": AlphaCosine,
+    "official_nnet": OfficialNNet,
 })
 
 

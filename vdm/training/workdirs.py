@@ -117,9 +117,17 @@ def describe_differences(differences, limit: int = 3) -> str:
 
 
 def write_config(config, workdir: str) -> None:
-    """<workdir>/config.json: the config, the package versions, the git commit and the network version."""
-    outputs.write_json(os.path.join(workdir, "config.json"), {"config": config.to_dict(), **outputs.run_metadata(),
-                                                              "network_version": NETWORK_VERSION})
+    """<workdir>/config.json: the config, the package versions, the git commit and the network version.
+
+    An `imported_from` record already there (a run imported by `python -m vdm.import_official`) is kept.
+    """
+    path = os.path.join(workdir, "config.json")
+    kept = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            kept = {k: v for k, v in json.load(f).items() if k == "imported_from"}
+    outputs.write_json(path, {"config": config.to_dict(), **outputs.run_metadata(), "network_version": NETWORK_VERSION,
+                              **kept})
 
 
 def check_same_config(config, workdir: str) -> None:
