@@ -36,3 +36,18 @@ def finished_tiny_run(tmp_path_factory):
     config = tiny_config()
     loop.train_and_evaluate(config, workdir)
     return config, workdir
+
+
+def main_in_process(args, capsys) -> str:
+    """`python -m vdm.main ARGS` inside this test process (no interpreter start-up; warm caches): its stdout."""
+    from absl import flags
+
+    from vdm import main as cli
+
+    argv = ["vdm.main", *args]
+    cli.precheck(argv)
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(argv)
+    capsys.readouterr()
+    cli.main(argv)
+    return capsys.readouterr().out

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from conftest import main_in_process
 from vdm.config.validation import ConfigError, apply_overrides, load_config_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,19 +66,6 @@ def test_cli_config_error_is_one_line():
     assert proc.returncode == 2 and "unknown config key 'model.nope'" in proc.stderr
 
 
-def _main_in_process(args, capsys) -> str:
-    """`python -m vdm.main ARGS` inside this test process (no interpreter start-up; warm caches): its stdout."""
-    from absl import flags
-
-    from vdm import main as cli
-
-    argv = ["vdm.main", *args]
-    cli.precheck(argv)
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(argv)
-    capsys.readouterr()
-    cli.main(argv)
-    return capsys.readouterr().out
 
 
 def test_cli_tiny_run_writes_every_output(tmp_path, capsys):
@@ -114,14 +102,14 @@ def test_cli_tiny_run_writes_every_output(tmp_path, capsys):
     # eval, sample and likelihood modes restore the checkpoint (run in this process: the CLI path itself, exit
     # codes and console, is what the subprocess above covers)
     tiny = os.path.join(ROOT, "configs", "tiny.py")
-    out = _main_in_process([f"--config={tiny}", f"--workdir={workdir}", "--mode=eval"], capsys)
+    out = main_in_process([f"--config={tiny}", f"--workdir={workdir}", "--mode=eval"], capsys)
     assert out.strip().splitlines()[-1].startswith("test_bpd="), out
-    out = _main_in_process([f"--config={tiny}", f"--workdir={workdir}", "--mode=sample", "--sampler=ddim", "--steps=4"],
+    out = main_in_process([f"--config={tiny}", f"--workdir={workdir}", "--mode=sample", "--sampler=ddim", "--steps=4"],
                            capsys)
     assert "DDIM, eta = 0 (deterministic), T = 4: 16 samples" in out
     samples = __import__("numpy").load(workdir / "samples_ddim.npz")["samples"]
     assert samples.shape == (16, 8, 8, 1) and samples.min() >= 0 and samples.max() <= 16
-    out = _main_in_process([f"--config={tiny}", f"--workdir={workdir}", "--mode=likelihood", "--max_examples=8"], capsys)
+    out = main_in_process([f"--config={tiny}", f"--workdir={workdir}", "--mode=likelihood", "--max_examples=8"], capsys)
     assert "ELBO" in out and "variational dequant." in out and "uniform     dequant." in out
     lik = json.loads((workdir / "likelihood.json").read_text())
     assert lik["num_examples"] == 8 and lik["ode_bpd_variational"] > 0 and lik["ode_bpd_uniform_stderr"] > 0

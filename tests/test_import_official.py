@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, main_in_process
 from vdm.config.validation import load_config_file, parse_override
 from vdm.errors import CheckpointError, ConfigError
 from vdm.training import official
@@ -285,19 +285,6 @@ def test_a_bad_checkpoint_or_a_contradicting_override_stops_with_one_line_and_wr
     assert not workdir.exists() and os.listdir(tmp_path) == ["ckpt-1.flax"]
 
 
-def _main_in_process(args, capsys) -> str:
-    """`python -m vdm.main ARGS` inside this test process: its stdout."""
-    from absl import flags
-
-    from vdm import main as cli
-
-    argv = ["vdm.main", *args]
-    cli.precheck(argv)
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(argv)
-    capsys.readouterr()
-    cli.main(argv)
-    return capsys.readouterr().out
 
 
 def test_an_imported_workdir_evaluates_and_samples_without_config(tmp_path, capsys):
@@ -319,10 +306,10 @@ def test_an_imported_workdir_evaluates_and_samples_without_config(tmp_path, caps
     assert stored["imported_from"]["checkpoint"].endswith("ckpt-1.flax")
     assert stored["config"]["model"]["norm_groups"] == 32 and stored["config"]["model"]["channels"] == 32
     assert os.listdir(workdir / "checkpoints") == ["123456"]
-    out = _main_in_process([f"--workdir={workdir}", "--mode=eval"], capsys)
+    out = main_in_process([f"--workdir={workdir}", "--mode=eval"], capsys)
     last = out.strip().splitlines()[-1]
     assert last.startswith("test_bpd=") and 5 < float(last.split()[0].split("=")[1]) < 40, out
-    out = _main_in_process([f"--workdir={workdir}", "--mode=sample", "--sampler=ddim", "--steps=50"], capsys)
+    out = main_in_process([f"--workdir={workdir}", "--mode=sample", "--sampler=ddim", "--steps=50"], capsys)
     assert "T = 50: 4 samples" in out, out
     samples = np.load(workdir / "samples_ddim.npz")["samples"]
     assert samples.shape == (4, 16, 16, 3) and samples.min() >= 0 and samples.max() <= 255

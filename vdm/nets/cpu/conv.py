@@ -71,7 +71,7 @@ def loop_friendly_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs
         and feature_group_count == 1
         and batch_group_count == 1
         and lhs.ndim == 4
-        and _dims_match(dimension_numbers)
+        and dims_match(dimension_numbers)
         and precision is None
         and preferred_element_type is None
     )
@@ -85,7 +85,8 @@ def loop_friendly_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs
     return _make(padding)(lhs, rhs)
 
 
-def _dims_match(dimension_numbers) -> bool:
+def dims_match(dimension_numbers) -> bool:
+    """True for NHWC / HWIO / NHWC dimension numbers (as a tuple or lax.ConvDimensionNumbers)."""
     if dimension_numbers is None:
         return False
     if isinstance(dimension_numbers, lax.ConvDimensionNumbers):

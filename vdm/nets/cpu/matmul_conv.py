@@ -54,9 +54,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from vdm.nets.cpu.conv import dims_match
+
 __all__ = ["matmul_conv"]
 
-_DIMS = ("NHWC", "HWIO", "NHWC")
 _COMPUTE = jnp.bfloat16
 _ACC = jnp.float32
 
@@ -144,7 +145,7 @@ def matmul_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilati
         and (preferred_element_type is None or np.dtype(preferred_element_type) == np.float32)
         and jnp.issubdtype(lhs.dtype, jnp.floating)
         and jnp.issubdtype(rhs.dtype, jnp.floating)
-        and _dims_match(dimension_numbers)
+        and dims_match(dimension_numbers)
     )
     if simple:
         kernel = rhs.shape[:2]
@@ -158,11 +159,3 @@ def matmul_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilati
                                         dimension_numbers, feature_group_count, batch_group_count, precision,
                                         preferred_element_type)
     return _make(padding, np.dtype(lhs.dtype), np.dtype(rhs.dtype))(lhs, rhs)
-
-
-def _dims_match(dimension_numbers) -> bool:
-    if dimension_numbers is None:
-        return False
-    if isinstance(dimension_numbers, lax.ConvDimensionNumbers):
-        return dimension_numbers == lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), _DIMS)
-    return tuple(dimension_numbers) == _DIMS
