@@ -4,8 +4,10 @@ The classifier is an MLP 64 -> 128 -> 64 -> 10 (ReLU) on pixels / 16, trained on
 digits training split with full-batch AdamW (2000 steps, learning rate 1e-3, weight decay 1e-3)
 from jax.random.key(0): the same weights on every run of a machine. It classifies 98.0% of
 the 297 test digits correctly (291; measured 2026-12-03) (`test_accuracy` in its cache; tests require >= 97%). Its weights are cached
-as `vdm_digits_features_v1.npz` in the data dir (TFDS_DATA_DIR or ~/tensorflow_datasets, as the
-dataset), so every measurement uses the same features.
+as `vdm_digits_features_v2.npz` in the data dir (TFDS_DATA_DIR or ~/tensorflow_datasets, as the
+dataset), so every measurement uses the same features. The features are divided by one constant,
+their root-mean-square over the training digits, so a real digit's features have mean square ~1
+per dimension: the scale at which KID's kernel (x.y / F + 1)^3 is not dominated by the largest norms.
 
     features = digits_features()          # callable: integer images [N, 8, 8, 1] in 0..16 -> [N, 64]
     fd = frechet_distance(features(samples), features(test_images))
@@ -18,7 +20,7 @@ import os
 
 import numpy as np
 
-CACHE_NAME = "vdm_digits_features_v1.npz"
+CACHE_NAME = "vdm_digits_features_v2.npz"
 HIDDEN = (128, 64)
 STEPS, LEARNING_RATE, WEIGHT_DECAY, SEED = 2000, 1e-3, 1e-3, 0
 VOCAB = 17
@@ -66,9 +68,10 @@ def train_classifier(images, labels):
     return [(np.asarray(w), np.asarray(b)) for w, b in fit(params)]
 
 
-def _predict(params, images):
+def _predict(params, images, scale: float = 1.0):
+    """(logits [N, 10], features [N, 64] / scale) of integer digits."""
     logits, feats = _forward([(np.asarray(w), np.asarray(b)) for w, b in params], _flat(images))
-    return np.asarray(logits), np.asarray(feats, np.float64)
+    return np.asarray(logits), np.asarray(feats, np.float64) / scale
 
 
 def cache_path(data_dir: str | None = None) -> str:
@@ -79,28 +82,31 @@ def cache_path(data_dir: str | None = None) -> str:
 
 @functools.lru_cache(maxsize=4)
 def load_classifier(data_dir: str | None = None):
-    """(params, test accuracy): from the cache in the data dir, or trained on the digits training split and cached."""
+    """(params, feature scale, test accuracy): from the cache in the data dir, or trained on the digits
+    training split and cached."""
     path = cache_path(data_dir)
     if os.path.exists(path):
         with np.load(path) as f:
             n = len(HIDDEN) + 1
-            return [(f[f"w{i}"], f[f"b{i}"]) for i in range(n)], float(f["test_accuracy"])
+            return [(f[f"w{i}"], f[f"b{i}"]) for i in range(n)], float(f["scale"]), float(f["test_accuracy"])
     from vdm.data.pipeline import load_dataset
 
     data = load_dataset("digits", data_dir)
     params = train_classifier(data.train.images, data.train.labels)
+    scale = float(np.sqrt(np.mean(np.square(_predict(params, data.train.images)[1]))))
     accuracy = float((_predict(params, data.test.images)[0].argmax(1) == data.test.labels).mean())
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp.npz"
-    np.savez(tmp, test_accuracy=accuracy, **{f"{k}{i}": a for i, wb in enumerate(params) for k, a in zip("wb", wb)})
+    np.savez(tmp, test_accuracy=accuracy, scale=scale,
+             **{f"{k}{i}": a for i, wb in enumerate(params) for k, a in zip("wb", wb)})
     os.replace(tmp, path)  # atomic: concurrent writers leave one complete file
-    return params, accuracy
+    return params, scale, accuracy
 
 
 def digits_features(data_dir: str | None = None):
     """features(images [N, 8, 8, 1] ints 0..16) -> [N, 64] float64: the classifier's penultimate layer."""
-    params, _ = load_classifier(data_dir)
-    return lambda images: _predict(params, images)[1]
+    params, scale, _ = load_classifier(data_dir)
+    return lambda images: _predict(params, images, scale)[1]
 
 
 def digits_logits(images, data_dir: str | None = None):
