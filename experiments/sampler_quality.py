@@ -38,13 +38,13 @@ def _mean_se(values):
 
 
 def measure_all(workdir: str, samplers, nfes, seeds, num_samples: int, config_file: str = "configs/digits.py",
-                more_seeds=(), more_seeds_at=()) -> dict:
+                more_seeds=(), more_seeds_at=(), progress_path: str | None = None, extra_points=()) -> dict:
     """Rows per sampler and NFE; `more_seeds` are added at the (sampler, nfe) points in `more_seeds_at`."""
     import jax
 
     from vdm import sampling
     from vdm.config.validation import load_config_file
-    from vdm.training import distributed, loop, sample_quality, workdirs
+    from vdm.training import distributed, generation, loop, sample_quality, workdirs
     from vdm.training.run import Run
 
     config = load_config_file(config_file)
@@ -61,34 +61,36 @@ def measure_all(workdir: str, samplers, nfes, seeds, num_samples: int, config_fi
         real.append(sample_quality.measure(dataset.train.images[pick], test, features, ratio_fn))
     rows = [{"sampler": "real", "nfe": None, "steps": None, "per_seed": real}]
     print(f"real: FD {np.mean([r['fd'] for r in real]):.2f}", flush=True)
-    for name in samplers:
+    grid = [(name, nfe) for name in samplers for nfe in nfes]
+    points = [p for p in extra_points if p not in grid] + grid  # the extra points first
+    for name, nfe in points:
         entry = sampling.SAMPLERS[name]
-        for nfe in nfes:
-            steps = entry.steps_for(nfe)
-            if steps is None:
-                continue
-            per_seed = []
-            compile_start = time.perf_counter()
-            compiled = None
-            for seed in [*seeds, *(more_seeds if (name, nfe) in more_seeds_at else ())]:
-                key = jax.random.key(seed)
-                if compiled is None:
-                    from vdm.training import generation
-
-                    compiled = generation.sample.lower(run.model, state.ema_params, key, num_samples, name, steps,
-                                                       None, 0.0, run.mesh).compile()
-                    compile_seconds = time.perf_counter() - compile_start
-                start = time.perf_counter()
-                samples = distributed.to_host(jax.block_until_ready(compiled(state.ema_params, key, None)))
-                seconds = time.perf_counter() - start
-                per_seed.append({**sample_quality.measure(samples, test, features, ratio_fn), "seconds": seconds,
-                                 "seed": seed})
-            row = {"sampler": name, "nfe": entry.nfe(steps), "steps": steps, "description": entry.describe(steps),
-                   "compile_seconds": compile_seconds, "per_seed": per_seed}
-            rows.append(row)
-            print(f"{name} NFE {row['nfe']}: FD {np.mean([r['fd'] for r in per_seed]):.2f} "
-                  f"ratio {np.mean([r['ratio'] for r in per_seed]):.2f} "
-                  f"{np.median([r['seconds'] for r in per_seed]):.1f} s", flush=True)
+        steps = entry.steps_for(nfe)
+        if steps is None:
+            continue
+        per_seed = []
+        compile_start = time.perf_counter()
+        compiled = None
+        for seed in [*seeds, *(more_seeds if (name, nfe) in more_seeds_at else ())]:
+            key = jax.random.key(seed)
+            if compiled is None:
+                compiled = generation.sample.lower(run.model, state.ema_params, key, num_samples, name, steps,
+                                                   None, 0.0, run.mesh).compile()
+                compile_seconds = time.perf_counter() - compile_start
+            start = time.perf_counter()
+            samples = distributed.to_host(jax.block_until_ready(compiled(state.ema_params, key, None)))
+            seconds = time.perf_counter() - start
+            per_seed.append({**sample_quality.measure(samples, test, features, ratio_fn), "seconds": seconds,
+                             "seed": seed})
+        row = {"sampler": name, "nfe": entry.nfe(steps), "steps": steps, "description": entry.describe(steps),
+               "compile_seconds": compile_seconds, "per_seed": per_seed}
+        rows.append(row)
+        if progress_path:  # the rows so far, should the run be stopped
+            with open(progress_path, "w") as f:
+                json.dump(rows, f)
+        print(f"{name} NFE {row['nfe']}: FD {np.mean([r['fd'] for r in per_seed]):.2f} "
+              f"ratio {np.mean([r['ratio'] for r in per_seed]):.2f} "
+              f"{np.median([r['seconds'] for r in per_seed]):.1f} s", flush=True)
     for row in rows:
         row["num_seeds"] = len(row["per_seed"])
         for k in ("fd", "kid", "ratio"):
@@ -168,6 +170,7 @@ def main():
     ap.add_argument("--config", default="configs/digits.py", help="the config the workdir trains (default: the demo's)")
     ap.add_argument("--samplers", default=",".join(SAMPLERS))
     ap.add_argument("--nfes", default="10,20,50,100,250")
+    ap.add_argument("--only_at", default="", help="sampler@nfe points run in addition to --samplers x --nfes")
     ap.add_argument("--seeds", default="0", help="sampling seeds of every point")
     ap.add_argument("--more_seeds", default="1,2", help="further seeds at the points of --more_seeds_at")
     ap.add_argument("--more_seeds_at", default="ancestral@250,dpm_solver_pp_2m@20,dpm_solver_pp_3m@20")
@@ -178,7 +181,9 @@ def main():
     result = measure_all(args.workdir, args.samplers.split(","), [int(n) for n in args.nfes.split(",")],
                          [int(s) for s in args.seeds.split(",")], args.num_samples, args.config,
                          [int(s) for s in args.more_seeds.split(",") if s],
-                         [(p.split("@")[0], int(p.split("@")[1])) for p in args.more_seeds_at.split(",") if p])
+                         [(p.split("@")[0], int(p.split("@")[1])) for p in args.more_seeds_at.split(",") if p],
+                         os.path.join(args.workdir, "sampler_quality_progress.json"),
+                         [(p.split("@")[0], int(p.split("@")[1])) for p in args.only_at.split(",") if p])
     result["total_seconds"] = time.time() - start
     os.makedirs(args.out, exist_ok=True)
     base = os.path.join(args.out, "sampler_quality")
