@@ -184,6 +184,20 @@ def measure_sampler(model, params, batch: int, steps: int = 20) -> float:
     return 1000 * _median_seconds(lambda: fn(jax.random.key(1)), 3) / steps
 
 
+def measure_sampler_per_nfe(model, params, batch: int, names=("dpm_solver_pp_2m", "dpm_solver_pp_3m"),
+                            nfe: int = 20) -> dict:
+    """Milliseconds per network evaluation of samplers in `vdm.sampling.SAMPLERS` at `nfe` NFE (compiled once, timed once more)."""
+    eps_hat_fn, gamma_fn = model.eps_hat_fn(params), model.gamma_fn(params)
+    out = {}
+    for name in names:
+        entry = sampling.SAMPLERS[name]
+        steps = entry.steps_for(nfe)
+        fn = jax.jit(lambda key, f=entry.fn, s=steps: f(key, eps_hat_fn, gamma_fn, (batch, *model.image_shape), s))
+        fn(jax.random.key(0)).block_until_ready()
+        out[name] = 1000 * _median_seconds(lambda: fn(jax.random.key(1)), 3) / entry.nfe(steps)
+    return out
+
+
 def measure_eval(model, params, batch: int, vocab: int) -> float:
     step = make_eval_step(model)
     images = jnp.asarray(np.random.default_rng(0).integers(0, vocab, (batch, *model.image_shape)), jnp.int32)
@@ -223,6 +237,7 @@ def main():
                 model, params = r.pop("model"), r.pop("params")
                 r["impl"], r["dtype"] = model.net.ops.name, dtype
                 r["sampler_ms_per_step"] = measure_sampler(model, params, config.training.batch_size)
+                r["sampler_ms_per_nfe"] = measure_sampler_per_nfe(model, params, config.training.batch_size)
                 r["eval_images_per_second"] = measure_eval(model, params, config.training.batch_size,
                                                            config.data.vocab_size)
                 r["matmul_peak_fraction"] = r["gflops_per_second"] / p["matmul_gflops"]
@@ -258,16 +273,21 @@ def main():
         f.write(table(results))
 
 
+def _per_nfe(r) -> str:
+    per = r.get("sampler_ms_per_nfe") or {}
+    return " / ".join(f"{per[k]:.1f}" for k in ("dpm_solver_pp_2m", "dpm_solver_pp_3m") if k in per) or "-"
+
+
 def table(results) -> str:
     lines = [f"Device: {results['device']}, jax {results.get('jax', '?')}; float32 peaks: matmul "
              f"{results['peaks']['matmul_gflops']:.0f} GFLOP/s, 3x3 conv {results['peaks']['conv3x3_gflops']:.0f} GFLOP/s",
              "", "| config | impl | dtype | img/s | compile s | GFLOP/s | of conv peak | peak MB | sampler ms/step "
-             "| eval img/s |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| DPM-Solver++ 2M / 3M ms/NFE | eval img/s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results["configs"].items():
         lines.append(f"| {name.split()[0]} | {r.get('impl', '')} | {r.get('dtype', 'float32')} | "
                      f"{r['images_per_second']:.2f} | {r['compile_seconds']:.1f} | {r['gflops_per_second']:.0f} | "
                      f"{r['conv_peak_fraction']:.0%} | {r['peak_bytes'] / 2**20:.0f} | {r['sampler_ms_per_step']:.1f} | "
-                     f"{r['eval_images_per_second']:.0f} |")
+                     f"{_per_nfe(r)} | {r['eval_images_per_second']:.0f} |")
     if results.get("official"):
         lines += ["", "Official implementation side by side (same machine, same sitting, calls interleaved):", "",
                   "| config | ours img/s | official img/s | ratio |", "|---|---|---|---|"]

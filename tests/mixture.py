@@ -62,7 +62,9 @@ class GaussianMixture:
 
     @staticmethod
     def _gamma(z, gamma):
-        return jnp.broadcast_to(jnp.asarray(gamma, jnp.float32), z.shape[:1])
+        """gamma as [B], in z's float type (float32, or float64 for high-precision references)."""
+        dtype = z.dtype if jnp.issubdtype(z.dtype, jnp.floating) else jnp.float32
+        return jnp.broadcast_to(jnp.asarray(gamma, dtype), z.shape[:1])
 
     def log_posterior(self, z, gamma):
         """log p(k | z_t) [B, K]: the exact noise-conditional classifier when labels are components."""

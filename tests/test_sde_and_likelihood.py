@@ -56,6 +56,8 @@ SAMPLERS = {
     "reverse_sde": lambda k, f: sde.reverse_sde_sample(k, f, gamma_fn, (N, 2), 200),
     "pc": lambda k, f: sde.pc_sample(k, f, gamma_fn, (N, 2), 100, corrector_steps=1, target_snr=0.1),
     "annealed_langevin": lambda k, f: sde.annealed_langevin_sample(k, f, gamma_fn, (N, 2), 100, 20, 0.05),
+    "dpm_solver_pp_2m": lambda k, f: sampling.dpm_solver_pp_2m(k, f, gamma_fn, (N, 2), 20),
+    "dpm_solver_pp_3m": lambda k, f: sampling.dpm_solver_pp_3m(k, f, gamma_fn, (N, 2), 20),
 }
 
 

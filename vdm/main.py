@@ -1,12 +1,13 @@
 """Command line: python -m vdm.main [--config=configs/digits.py[:variant]] --workdir=DIR
-                 [--mode=train|eval|sample|likelihood] [--config.some.key=value ...]
-                 [--sampler=ancestral|ddim|ode|ode_adaptive|reverse_sde|pc|annealed_langevin --steps=N
-                  --guidance=W --label=K]
+                 [--mode=train|eval|sample|likelihood|sample_quality] [--config.some.key=value ...]
+                 [--sampler=ancestral|ddim|ode|ode_adaptive|reverse_sde|pc|annealed_langevin|dpm_solver_pp_2m|...
+                  --steps=N --guidance=W --label=K]
+                 [--mode=sample_quality --sampler=NAME[,NAME...] --steps=NFE[,NFE...]]
                  [--distributed | --coordinator_address=HOST:PORT --num_processes=N --process_id=I]
                  [--verbose]
 
 Thin: the work is in `vdm.training`: loop.train_and_evaluate, evaluation.evaluate_run /
-likelihood_run, generation.sample_run.
+likelihood_run, generation.sample_run, sample_quality.sample_quality_run.
 Training resumes from the workdir's latest checkpoint when there is one; a workdir
 that holds a run of another config stops with one line naming the differing keys
 (exit 1). eval / sample / likelihood evaluate the model the workdir trained (its
@@ -32,11 +33,12 @@ from vdm.errors import VdmError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, optionally path:variant.", lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, pictures and results.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "likelihood"], "What to do.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "likelihood", "sample_quality"], "What to do.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step for eval / sample (default: latest).")
 _SEED = flags.DEFINE_integer("sample_seed", 0, "Seed for --mode=sample / likelihood.")
 _SAMPLER = flags.DEFINE_string("sampler", "ancestral", "--mode=sample: one of vdm.sampling.SAMPLERS.")
-_STEPS = flags.DEFINE_integer("steps", None, "--mode=sample: sampler steps (default: eval.sampler_steps).")
+_STEPS = flags.DEFINE_list("steps", None, "--mode=sample: sampler steps (default: eval.sampler_steps); "
+                          "--mode=sample_quality: network evaluations (NFE), a comma list, e.g. 10,20,50,100.")
 _GUIDANCE = flags.DEFINE_float("guidance", 0.0, "--mode=sample: classifier-free guidance weight w.")
 _LABEL = flags.DEFINE_integer("label", -1, "--mode=sample: class of every sample; -1 = all classes in turn.")
 _PROBE = flags.DEFINE_enum("probe", "rademacher", ["rademacher", "gaussian"], "--mode=likelihood: Hutchinson probe.")
@@ -101,6 +103,20 @@ def precheck(argv) -> None:
     validate(config)
 
 
+def _steps(single: bool = False):
+    """--steps as positive ints (None if not given); single: exactly one value, as an int."""
+    if not _STEPS.value:
+        return None
+    try:
+        steps = [int(v) for v in _STEPS.value]
+    except ValueError:
+        steps = []
+    if not steps or min(steps) < 1 or (single and len(steps) != 1):
+        expected = "a positive integer" if single else "positive integers, comma-separated"
+        raise ConfigError(f"--steps={','.join(_STEPS.value)}: expected {expected}")
+    return steps[0] if single else steps
+
+
 def main(argv):
     del argv
     if not _VERBOSE.value:
@@ -125,8 +141,13 @@ def main(argv):
     if _MODE.value == "eval":
         evaluation.evaluate_run(config, _WORKDIR.value, _STEP.value)
     elif _MODE.value == "sample":
-        generation.sample_run(config, _WORKDIR.value, _STEP.value, _SEED.value, _SAMPLER.value, _STEPS.value,
+        generation.sample_run(config, _WORKDIR.value, _STEP.value, _SEED.value, _SAMPLER.value, _steps(single=True),
                               _GUIDANCE.value, _LABEL.value)
+    elif _MODE.value == "sample_quality":
+        from vdm.training import sample_quality
+
+        sample_quality.sample_quality_run(config, _WORKDIR.value, _SAMPLER.value.split(","), _steps() or [10, 20, 50, 100],
+                                          _STEP.value, _SEED.value, _GUIDANCE.value)
     else:
         evaluation.likelihood_run(config, _WORKDIR.value, _STEP.value, _PROBE.value, _MAX_EXAMPLES.value, _SEED.value)
 

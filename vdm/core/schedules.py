@@ -43,6 +43,7 @@ __all__ = [
     "AlphaCosine",
     "OfficialNNet",
     "gamma_and_derivative",
+    "t_from_gamma",
     "make_schedule",
     "SCHEDULES",
 ]
@@ -52,6 +53,27 @@ def gamma_and_derivative(gamma_fn, t):
     """(gamma(t), gamma'(t)) for an elementwise gamma_fn, via one forward-mode pass."""
     t = jnp.asarray(t, jnp.float32)
     return jax.jvp(gamma_fn, (t,), (jnp.ones_like(t),))
+
+
+def t_from_gamma(gamma_fn, gamma, num_iters: int = 32):
+    """t in [0, 1] with gamma_fn(t) = gamma, elementwise: the inverse of a strictly increasing schedule.
+
+    Vectorised bisection on [0, 1] (no closed form needed, so it serves every family,
+    learned or not): after k halvings |t - t*| <= 2^-k, and 32 reach float32's resolution
+    on [0, 1]. gamma outside [gamma_fn(0), gamma_fn(1)] maps to the nearer end.
+    gamma: any shape; returns float32 t of its shape.
+    """
+    gamma = jnp.asarray(gamma, jnp.float32)
+    lo, hi = jnp.zeros_like(gamma), jnp.ones_like(gamma)
+
+    def halve(_, bounds):
+        lo, hi = bounds
+        mid = 0.5 * (lo + hi)
+        below = gamma_fn(mid) < gamma
+        return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
+
+    lo, hi = jax.lax.fori_loop(0, num_iters, halve, (lo, hi))
+    return 0.5 * (lo + hi)
 
 
 def _softplus_inverse(y):

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from vdm.core import diffusion, losses
+from vdm.sampling import grids
 
 
 def _step_gammas(gamma_fn, i, num_steps: int, batch: int):
@@ -55,7 +56,8 @@ def decode(z_0, gamma_0, vocab_size: int, key=None):
     return jax.random.categorical(key, logits, axis=-1)
 
 
-def ddim_sample(key, eps_hat_fn, gamma_fn, shape, num_steps: int, eta: float = 0.0, z_1=None):
+def ddim_sample(key, eps_hat_fn, gamma_fn, shape, num_steps: int, eta: float = 0.0, z_1=None,
+                grid: str = "uniform_t"):
     """z_0 after T DDIM steps (Song et al. 2021) from z_1 ~ N(0, I).
 
     Each step: x_hat = (z_t - sigma_t eps_hat) / alpha_t;
@@ -63,14 +65,16 @@ def ddim_sample(key, eps_hat_fn, gamma_fn, shape, num_steps: int, eta: float = 0
     v = eta^2 sigma_Q^2 = eta^2 sigma_s^2 c. eta = 1 is exactly the ancestral
     step (sqrt(sigma_s^2 - sigma_Q^2) = sigma_s exp((gamma_s - gamma_t)/2));
     eta = 0 is deterministic and approaches the probability-flow ODE as T grows.
-    z_1: the starting latent (default: drawn from `key`).
+    z_1: the starting latent (default: drawn from `key`). grid: the noise levels, a key of
+    `vdm.sampling.grids.GRIDS` (default t_i = i / T). T network evaluations.
     """
     k_init, k_steps = jax.random.split(key)
     z = jax.random.normal(k_init, shape) if z_1 is None else z_1
     batch = shape[0]
+    _, gammas = grids.time_grid(grid, gamma_fn, num_steps)  # [T + 1], from t = 1 down to t = 0
 
     def step(z, i):
-        gamma_s, gamma_t = _step_gammas(gamma_fn, i, num_steps, batch)
+        gamma_s, gamma_t = jnp.full((batch,), gammas[num_steps - i]), jnp.full((batch,), gammas[num_steps - 1 - i])
         eps_hat = eps_hat_fn(z, gamma_t)
         x_hat = diffusion.x_from_eps(z, eps_hat, gamma_t)
         g_s = diffusion.expand_gamma(gamma_s, z)

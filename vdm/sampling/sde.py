@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from vdm.core import diffusion, schedules
+from vdm.sampling import grids
 
 
 def _gamma_dgamma(gamma_fn, t, batch: int):
@@ -43,13 +44,14 @@ def _time_grid(num_steps: int, t_min: float = 0.0):
     return jnp.linspace(1.0, t_min, num_steps + 1)
 
 
-def ode_sample_heun(key, eps_hat_fn, gamma_fn, shape, num_steps: int, z_1=None):
-    """Probability-flow ODE from t = 1 to 0 with Heun's method (2nd order, 2 evaluations per step).
+def ode_sample_heun(key, eps_hat_fn, gamma_fn, shape, num_steps: int, z_1=None, grid: str = "uniform_t"):
+    """Probability-flow ODE from t = 1 to 0 with Heun's method (2nd order, 2 evaluations per step: 2 T NFE).
 
-    z_1 ~ N(0, I) from `key` unless given; deterministic given z_1.
+    z_1 ~ N(0, I) from `key` unless given; deterministic given z_1. grid: the times t_i, a key of
+    `vdm.sampling.grids.GRIDS` (default t_i = i / T).
     """
     z = jax.random.normal(key, shape) if z_1 is None else z_1
-    ts = _time_grid(num_steps)
+    ts, _ = grids.time_grid(grid, gamma_fn, num_steps)
 
     def step(z, i):
         t, s = ts[i], ts[i + 1]
