@@ -51,7 +51,7 @@ def get_config(arg=None):
     c.schedule.name = "alpha_cosine"
     c.schedule.gamma_min = -8.0  # 17 grey levels: below gamma = -8 the noise is far inside one bin
     c.schedule.gamma_max = 5.0
-    c.loss.objective = "simple"
+    c.loss.weighting = "eps_mse"  # DDPM's L_simple (before the weightings: loss.objective = "simple")
 
     c.optim.learning_rate = 2e-3
     c.optim.warmup_steps = 200
@@ -79,7 +79,7 @@ def get_config(arg=None):
 
     if arg == "long":
         c.schedule.name = "learned_linear"
-        c.loss.objective = "elbo"
+        c.loss.weighting = "elbo"
         c.training.num_steps = 7000
         c.training.eval_every = 3500
     elif arg == "conditional":

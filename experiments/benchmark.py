@@ -49,7 +49,7 @@ from vdm.training.steps import create_train_state, make_eval_step, make_train_st
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 COMMON = {"model.fourier_features": True, "model.dropout": 0.1, "loss.num_steps": 0,
-          "schedule.name": "learned_linear", "loss.objective": "elbo", "model.attention_per_block": False}
+          "schedule.name": "learned_linear", "loss.weighting": "elbo", "model.attention_per_block": False}
 # Speed settings: the base config's defaults (model.impl = auto: the CPU forms on a CPU) and 4 optimizer
 # steps per compiled call.
 FAST = {"model.scan_blocks": True, "model.impl": "auto", "model.recompute": True, "loss.decoder_window": 3,

@@ -124,7 +124,7 @@ def test_keys_that_name_a_registered_thing_are_checked_against_that_registry():
 
     tables = registries()
     assert tables["schedule.name"] is schedules.SCHEDULES and tables["eval.sampler"] is SAMPLERS
-    assert {"data.name", "data.augmentation", "model.prediction", "loss.objective"} <= set(tables)
+    assert {"data.name", "data.augmentation", "model.prediction", "loss.weighting"} <= set(tables)
     for key, registry in tables.items():
         config = load_config_file(os.path.join(ROOT, "configs", "digits.py"))
         section, name = key.split(".")

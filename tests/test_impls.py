@@ -154,14 +154,15 @@ def test_removed_speed_keys_name_model_impl():
         apply_overrides(load_config_file("configs/tiny.py"), {"model.fast_norm": False})
 
 
-def test_simple_objective_step_costs_what_the_elbo_step_costs():
-    """One network evaluation per training step: the L_simple step's XLA FLOP count is within 5% of the ELBO
-    step's (evaluating the network a second time for L_simple added ~20% at digits size)."""
+def test_weighted_step_costs_what_the_elbo_step_costs():
+    """One network evaluation per training step: the L_simple (eps_mse) and sigmoid-weighted steps' XLA FLOP
+    counts are within 5% of the ELBO step's (evaluating the network a second time for L_simple added ~20% at
+    digits size)."""
     from vdm.training import optim
     from vdm.training.steps import create_train_state, make_train_step
 
-    def flops(objective):
-        model = _model(**{"loss.objective": objective, "schedule.name": "alpha_cosine", "model.scan_blocks": False,
+    def flops(weighting):
+        model = _model(**{"loss.weighting": weighting, "schedule.name": "alpha_cosine", "model.scan_blocks": False,
                           "model.impl": "reference", "data.image_shape": (8, 8, 1), "data.vocab_size": 17})
         tx, lr = optim.make_optimizer(model_config.optim, 10)
         state = jax.eval_shape(lambda: create_train_state(model, tx, jax.random.key(0)))
@@ -173,8 +174,10 @@ def test_simple_objective_step_costs_what_the_elbo_step_costs():
     from vdm.config.validation import load_config_file
 
     model_config = load_config_file("configs/tiny.py")
-    elbo, simple = flops("elbo"), flops("simple")
-    assert abs(simple - elbo) <= 0.05 * elbo, (simple, elbo)
+    elbo = flops("elbo")
+    for weighting in ("eps_mse", "sigmoid"):
+        other = flops(weighting)
+        assert abs(other - elbo) <= 0.05 * elbo, (weighting, other, elbo)
 
 
 def test_bfloat16_model_close_to_float32_and_trains():

@@ -9,13 +9,13 @@ unknown one is reported with the keys it could have been:
 |-------------------------------------|---------------------------------|------------------------------|
 | `vdm.core.schedules.SCHEDULES`      | schedule classes                | `schedule.name`              |
 | `vdm.core.diffusion.PREDICTIONS`    | what the network predicts       | `model.prediction`           |
-| `vdm.core.losses.OBJECTIVES`        | per-example training losses     | `loss.objective`             |
+| `vdm.core.weightings.WEIGHTINGS`    | weightings w(λ) of the loss     | `loss.weighting`             |
 | `vdm.sampling.SAMPLERS`             | samplers and their descriptions | `eval.sampler`, `--sampler`  |
 | `vdm.data.augment.AUGMENTATIONS`    | augmentation group sizes        | `data.augmentation`          |
 | `vdm.data.datasets.DATASETS`        | dataset specs                   | `data.name`                  |
 | `vdm.nets.ops.IMPLS`                | network implementations         | `model.impl` (and `auto`)    |
 
-A new list of names (loss weightings, ...) gets its own
+A new list of names gets its own
 registry beside the code it selects, and one line in
 `vdm.config.validation.registries`.
 """

@@ -56,7 +56,10 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.loss = ml_collections.ConfigDict()
     c.loss.num_steps = 0  # T: 0 = continuous time
-    c.loss.objective = "elbo"  # vdm.core.losses.OBJECTIVES: elbo | simple (DDPM's unweighted L_simple)
+    # The diffusion loss's weighting w(lambda) of the log-SNR lambda, vdm.core.weightings.WEIGHTINGS: elbo (w = 1,
+    # the ELBO itself) | sigmoid | edm | edm_monotonic | eps_mse (DDPM's L_simple) | v_mse. Test bits/dim are the ELBO's.
+    c.loss.weighting = "elbo"
+    c.loss.weighting_bias = 0.0  # sigmoid only: b in w = sigmoid(b - lambda)
     c.loss.decoder_window = 3  # decoder normaliser over 7 bins around z_0 (exact in float32; full V when not); 0 = all V
 
     c.optim = ml_collections.ConfigDict()

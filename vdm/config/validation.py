@@ -43,12 +43,50 @@ def removed_key_error(key: str) -> ConfigError:
     return ConfigError(f"config key '{key}' was removed: {REMOVED_KEYS[key]}")
 
 
+# Keys that moved, with the key that took their place and how each old value maps: a config file that sets one
+# (`load_config_file`), a command-line override of one (`parse_override`) and a workdir's config.json that has one
+# (`vdm.training.workdirs.load_config`) are mapped; a config built in code that still has one stops (`validate`).
+MOVED_KEYS = {
+    "loss.objective": ("loss.weighting", {"elbo": "elbo", "simple": "eps_mse"}),
+}
+
+
+def moved_key_error(key: str, value=None) -> ConfigError:
+    new, mapping = MOVED_KEYS[key]
+    values = ", ".join(f"{old!r} -> {val!r}" for old, val in mapping.items())
+    got = "" if value is None else f" (got {value!r})"
+    return ConfigError(f"config key '{key}' moved to '{new}' ({values}){got}")
+
+
+def migrate(config):
+    """Maps the moved keys (`MOVED_KEYS`) of a ConfigDict in place to their new keys; returns it.
+
+    ConfigError if an old value has no mapping, or if the config also sets the new key to another value.
+    """
+    for old, (new, mapping) in MOVED_KEYS.items():
+        old_section, old_name = old.split(".")
+        new_section, new_name = new.split(".")
+        section = config.get(old_section)
+        if section is None or old_name not in section:
+            continue
+        value = section[old_name]
+        if value not in mapping:
+            raise moved_key_error(old, value)
+        current, default = config[new_section].get(new_name), base_config()[new_section][new_name]
+        if current not in (default, mapping[value]):
+            raise ConfigError(f"config key '{old}' = {value!r} (moved to '{new}' = {mapping[value]!r}) contradicts "
+                              f"'{new}' = {current!r}; set '{new}' only")
+        del section[old_name]
+        config[new_section][new_name] = mapping[value]
+    return config
+
+
 def registries() -> dict:
     """{config key: the registry (`vdm.registry`) whose keys it may name}, read here and by the code alike.
 
     Imported when a config is validated, not with this module: most of them import jax.
     """
-    from vdm.core import diffusion, losses, schedules
+    from vdm.core import diffusion, schedules, weightings
     from vdm.data import augment, datasets
     from vdm.nets import ops
     from vdm.sampling import SAMPLERS
@@ -58,7 +96,7 @@ def registries() -> dict:
         "data.augmentation": augment.AUGMENTATIONS,
         "model.prediction": diffusion.PREDICTIONS,
         "schedule.name": schedules.SCHEDULES,
-        "loss.objective": losses.OBJECTIVES,
+        "loss.weighting": weightings.WEIGHTINGS,
         "eval.sampler": SAMPLERS,
         "model.impl": ops.IMPL_CHOICES,  # 'auto' and the keys of ops.IMPLS
     }
@@ -101,7 +139,7 @@ def load_config_module(path: str) -> types.ModuleType:
 def load_config_file(path: str, arg: str | None = None):
     """Loads a config file and returns its get_config(arg) (get_config() when arg is None)."""
     module = load_config_module(path)
-    return module.get_config(arg) if arg is not None else module.get_config()
+    return migrate(module.get_config(arg) if arg is not None else module.get_config())
 
 
 def _same_type(ref, value):
@@ -120,6 +158,8 @@ def validate(config) -> None:
     for key, value in flat.items():
         if key in REMOVED_KEYS:
             raise removed_key_error(key)
+        if key in MOVED_KEYS:
+            raise moved_key_error(key)
         if key not in ref:
             raise ConfigError(f"unknown config key '{key}' (not in {SCHEMA})")
         if not _same_type(ref[key], value):
@@ -158,15 +198,21 @@ def validate(config) -> None:
         raise ConfigError("config key 'model.class_conditional' needs 'data.num_classes' >= 1")
     if flat["model.fourier_features"] and not flat["model.fourier_start"] < flat["model.fourier_stop"]:
         raise ConfigError("config key 'model.fourier_start' must be < 'model.fourier_stop'")
-    if flat["loss.objective"] == "simple" and flat["schedule.name"] in ("learned_linear", "monotone_net"):
-        raise ConfigError("config key 'loss.objective' = 'simple' cannot train a learned 'schedule.name'; use a fixed schedule")
+    if flat["loss.weighting"] != "elbo" and flat["schedule.name"] in ("learned_linear", "monotone_net"):
+        # Only the ELBO's gradient trains the endpoints (and, with interior_objective = 'elbo', the shape) sensibly:
+        # L_w of another weighting has no prior / reconstruction terms to balance gamma_0, gamma_1.
+        raise ConfigError(f"config key 'loss.weighting' = {flat['loss.weighting']!r} cannot train a learned "
+                          "'schedule.name' (only 'elbo' trains its endpoints); use a fixed schedule")
+    if flat["loss.num_steps"] and flat["loss.weighting"] not in ("elbo", "eps_mse"):
+        raise ConfigError(f"config key 'loss.weighting' = {flat['loss.weighting']!r} is continuous-time only "
+                          "('loss.num_steps' = 0); in discrete time only 'elbo' and 'eps_mse'")
     if flat["schedule.interior_objective"] == "variance":
         if flat["schedule.name"] != "monotone_net":
             raise ConfigError("config key 'schedule.interior_objective' = 'variance' needs 'schedule.name' = "
                               f"'monotone_net' (the only schedule with an interior shape), got {flat['schedule.name']!r}")
-        if flat["loss.objective"] != "elbo" or flat["loss.num_steps"] != 0:
+        if flat["loss.weighting"] != "elbo" or flat["loss.num_steps"] != 0:
             raise ConfigError("config key 'schedule.interior_objective' = 'variance' needs the continuous-time ELBO "
-                              "('loss.objective' = 'elbo', 'loss.num_steps' = 0): only there is E[L] free of the interior")
+                              "('loss.weighting' = 'elbo', 'loss.num_steps' = 0): only there is E[L] free of the interior")
     for key in ("training.log_every", "training.eval_every", "checkpoint.every_steps", "training.num_steps"):
         if flat[key] % flat["training.steps_per_call"]:
             raise ConfigError(f"config key '{key}' = {flat[key]} must be a multiple of 'training.steps_per_call' = "
@@ -185,6 +231,11 @@ def parse_override(config, dotted_key: str, text: str):
         node = node[p]
     if dotted_key in REMOVED_KEYS:
         raise removed_key_error(dotted_key)
+    if dotted_key in MOVED_KEYS:  # --config.loss.objective=simple sets loss.weighting = 'eps_mse'
+        new, mapping = MOVED_KEYS[dotted_key]
+        if text not in mapping:
+            raise moved_key_error(dotted_key, text)
+        return parse_override(config, new, mapping[text])
     if parts[-1] not in node:
         raise ConfigError(f"unknown config key '{dotted_key}' (not in {SCHEMA})")
     ref = node[parts[-1]]

@@ -4,5 +4,6 @@
                    the denoiser's parameterisations (eps, x, v, score) and their registry
     schedules.py   noise schedules gamma(t) = -log SNR(t) and their registry
     losses.py      the ELBO terms (prior, reconstruction, diffusion L_T / L_inf), L_simple,
-                   the variance-minimising schedule gradient, the training objectives' registry
+                   the variance-minimising schedule gradient, the weighted diffusion loss
+    weightings.py  weightings w(lambda) of the diffusion loss (ELBO, sigmoid, EDM, L_simple, v-MSE) and their registry
 """

@@ -17,16 +17,13 @@ Every function returns per-example values ``[B]`` in nats unless named otherwise
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
 from vdm.core import diffusion
 from vdm.core.schedules import gamma_and_derivative
-from vdm.registry import Registry
 
 __all__ = [
     "scale_data",
@@ -34,6 +31,9 @@ __all__ = [
     "low_discrepancy_times",
     "diffusion_loss",
     "diffusion_loss_and_eps_error",
+    "weighted_diffusion_loss",
+    "weighted_loss_from_error",
+    "training_loss_per_example",
     "simple_loss",
     "prior_kl",
     "decoder_logits",
@@ -43,8 +43,6 @@ __all__ = [
     "elbo_terms",
     "bits_per_dim",
     "variance_minimizing_value_and_grad",
-    "Objective",
-    "OBJECTIVES",
 ]
 
 
@@ -107,18 +105,73 @@ def diffusion_loss_and_eps_error(x, eps, t, eps_hat_fn, gamma_fn, num_steps: int
     Any other weighting of the same error (DDPM's L_simple = error / D) reuses the
     network evaluation instead of drawing its own z_t.
     """
+    return _diffusion_parts(x, eps, t, eps_hat_fn, gamma_fn, num_steps, gammas_t)[:2]
+
+
+def _diffusion_parts(x, eps, t, eps_hat_fn, gamma_fn, num_steps: int = 0, gammas_t=None):
+    """(L, ||eps - eps_hat||^2, gamma_t, rate), each [B]: L = 1/2 rate ||eps - eps_hat||^2.
+
+    rate = gamma'(t) in continuous time, T expm1(gamma_t - gamma_s) in discrete time.
+    """
     t = jnp.asarray(t, jnp.float32)
     if gammas_t is not None and num_steps:
         raise ValueError("gammas_t is for continuous time (num_steps = 0) only")
     if num_steps == 0:
         gamma, dgamma = gamma_and_derivative(gamma_fn, t) if gammas_t is None else gammas_t
         error = _eps_error(x, eps, gamma, eps_hat_fn)
-        return 0.5 * dgamma * error, error
+        return 0.5 * dgamma * error, error, gamma, dgamma
     T = num_steps
     t = jnp.maximum(jnp.ceil(t * T), 1.0) / T
     gamma_t, gamma_s = gamma_fn(t), gamma_fn(t - 1.0 / T)
     error = _eps_error(x, eps, gamma_t, eps_hat_fn)
-    return 0.5 * T * jnp.expm1(gamma_t - gamma_s) * error, error
+    rate = T * jnp.expm1(gamma_t - gamma_s)
+    return 0.5 * rate * error, error, gamma_t, rate
+
+
+def weighted_loss_from_error(eps_error, gamma, dgamma, weighting, num_dims: int):
+    """L_w = 1/2 w(lambda_t) (-d lambda_t / dt) ||eps - eps_hat||^2 [B] nats, lambda = -gamma, from a computed error.
+
+    eps_error: ||eps - eps_hat(z_t; lambda_t)||^2 [B]; gamma, dgamma: gamma(t), gamma'(t) = -d lambda / dt [B].
+    weighting: a `vdm.core.weightings.get_weighting` (or any callable w(lambda)); a schedule-defined one
+      (eps_mse) with its own `per_example` computes that number its own way (eps_mse: error / D, the same
+      number as 1/2 (2 / D) error).
+    """
+    entry = getattr(weighting, "entry", None)
+    if entry is not None and entry.per_example is not None:
+        return entry.per_example(eps_error, num_dims)
+    lam = -gamma
+    if hasattr(weighting, "loss_weight"):
+        factor = weighting.loss_weight(lam, dgamma, num_dims)
+    else:
+        factor = weighting(lam) * dgamma
+    return 0.5 * factor * eps_error
+
+
+def weighted_diffusion_loss(x, eps, t, eps_hat_fn, gamma_fn, weighting, gammas_t=None):
+    """Weighted diffusion loss (continuous time), one Monte-Carlo sample per example, [B] nats.
+
+        L_w = 1/2 w(lambda_t) (-d lambda_t / dt) ||eps - eps_hat(z_t; lambda_t)||^2,  lambda = -gamma
+
+    With w = 1 (`get_weighting('elbo')`) this is `diffusion_loss`. For a weighting of lambda
+    alone its expectation over t ~ U[0, 1) depends on the schedule only through gamma(0), gamma(1)
+    (`vdm.core.weightings`). Args as `diffusion_loss`; weighting: `vdm.core.weightings.get_weighting(...)`
+    or a callable w(lambda).
+    """
+    _, error, gamma, dgamma = _diffusion_parts(x, eps, t, eps_hat_fn, gamma_fn, 0, gammas_t)
+    return weighted_loss_from_error(error, gamma, dgamma, weighting, math.prod(x.shape[1:]))
+
+
+def training_loss_per_example(terms, weighting, num_dims: int):
+    """The per-example training loss of a weighting from `elbo_terms` (one network evaluation), [B].
+
+    elbo: the whole ELBO in bits/dim (`terms['bpd']`: prior and reconstruction included, what trains
+    learned endpoints). Any other weighting: its diffusion loss L_w in nats (`weighted_loss_from_error`
+    on the diffusion term's own error, gamma and gamma'); eps_mse gives exactly `terms['eps_mse']`,
+    DDPM's L_simple as trained before the weightings existed.
+    """
+    if getattr(weighting, "name", None) == "elbo":
+        return terms["bpd"]
+    return weighted_loss_from_error(terms["eps_error"], terms["gamma_t"], terms["dgamma_t"], weighting, num_dims)
 
 
 def simple_loss(x, eps, t, eps_hat_fn, gamma_fn):
@@ -227,7 +280,9 @@ def elbo_terms(x_int, noise, eps_hat_fn, gamma_fn, vocab_size: int, num_steps: i
       dict of [B] arrays: 'prior', 'reconstruction', 'diffusion', 'total' (nats),
       'bpd', 'bpd_prior', 'bpd_reconstruction', 'bpd_diffusion' (bits per dimension) and
       'eps_mse', mean_i (eps - eps_hat)_i^2 at the diffusion term's draw (L_simple):
-      any weighting of the epsilon error reuses this evaluation.
+      any weighting of the epsilon error reuses this evaluation; 'eps_error' (||eps - eps_hat||^2),
+      'gamma_t' and 'dgamma_t' (gamma'(t); in discrete time T expm1(gamma_t - gamma_s)) at that draw,
+      from which `training_loss_per_example` computes any weighting's loss.
     """
     x = scale_data(x_int, vocab_size)
     batch, num_dims = x.shape[0], math.prod(x.shape[1:])
@@ -237,13 +292,16 @@ def elbo_terms(x_int, noise, eps_hat_fn, gamma_fn, vocab_size: int, num_steps: i
     gamma_0 = jnp.broadcast_to(gamma_01[0], (batch,))
     gamma_1 = jnp.broadcast_to(gamma_01[1], (batch,))
     z_0 = diffusion.q_sample(x, gamma_0, noise["eps_0"])
-    diffusion_term, eps_error = diffusion_loss_and_eps_error(
+    diffusion_term, eps_error, gamma_t, rate = _diffusion_parts(
         x, noise["eps"], noise["t"], eps_hat_fn, gamma_fn, num_steps, gammas_t=gammas_t)
     terms = {
         "prior": prior_kl(x, gamma_1),
         "reconstruction": reconstruction_loss(x_int, z_0, gamma_0, vocab_size, decoder_window),
         "diffusion": diffusion_term,
         "eps_mse": eps_error / num_dims,  # DDPM's L_simple at the diffusion term's (t, eps): the same network call
+        "eps_error": eps_error,  # what any weighting of the diffusion loss weights (`weighted_loss_from_error`)
+        "gamma_t": gamma_t,
+        "dgamma_t": rate,
     }
     terms["total"] = terms["prior"] + terms["reconstruction"] + terms["diffusion"]
     for name in ("prior", "reconstruction", "diffusion"):
@@ -300,18 +358,3 @@ def variance_minimizing_value_and_grad(per_example_fn, schedule_fn, params, t):
         "interior": variance_schedule["interior"],
     }
     return (jnp.mean(loss), aux), {**grads, "schedule": schedule_grads}
-
-
-@dataclasses.dataclass(frozen=True)
-class Objective:
-    """A training objective: per_example(terms) -> [B] from the `elbo_terms` of one network evaluation."""
-
-    per_example: Callable
-    description: str
-
-
-OBJECTIVES = Registry("objective", {
-    "elbo": Objective(lambda terms: terms["bpd"], "the ELBO in bits/dim: a bound on -log p(x)"),
-    "simple": Objective(lambda terms: terms["eps_mse"],
-                        "DDPM's L_simple: mean squared eps error at the diffusion term's draw (not a bound)"),
-})

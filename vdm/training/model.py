@@ -14,7 +14,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from vdm.core import diffusion, losses, schedules
+from vdm.core import diffusion, losses, schedules, weightings
 from vdm.nets import ScoreUNet, make_ops
 from vdm.nets.unet import network_version_problem
 from vdm.sampling import guidance
@@ -31,7 +31,8 @@ class VDM:
     num_classes: int
     prediction: str = "eps"
     num_steps: int = 0
-    objective: str = "elbo"
+    weighting: str = "elbo"  # loss.weighting, a key of vdm.core.weightings.WEIGHTINGS
+    weighting_params: tuple = ()  # ((name, value), ...): its loss.weighting_<name> keys
     interior_objective: str = "elbo"
     decoder_window: int = 0
     class_conditional: bool = False
@@ -68,7 +69,8 @@ class VDM:
             num_classes=num_classes,
             prediction=m.prediction,
             num_steps=config.loss.num_steps,
-            objective=config.loss.objective,
+            weighting=config.loss.weighting,
+            weighting_params=tuple(sorted(weightings.from_loss_config(config.loss).params.items())),
             interior_objective=s.interior_objective,
             decoder_window=config.loss.decoder_window,
             class_conditional=m.class_conditional,
@@ -165,11 +167,18 @@ class VDM:
 
         return losses.variance_minimizing_value_and_grad(per_example, self.schedule, params, noise["t"])
 
-    def training_loss(self, params, batch, key):
-        """(scalar loss, per-example terms): the mean of the objective's per-example loss (`losses.OBJECTIVES`).
+    def loss_weighting(self):
+        """The training loss's weighting w(lambda) (`vdm.core.weightings.get_weighting`)."""
+        return weightings.get_weighting(self.weighting, **dict(self.weighting_params))
 
-        L_simple is the diffusion term's own squared epsilon error (`terms['eps_mse']`):
-        one network evaluation serves the loss and the reported ELBO terms.
+    def training_loss(self, params, batch, key):
+        """(scalar loss, per-example terms): the mean of the weighting's per-example loss.
+
+        elbo: the ELBO in bits/dim; any other weighting: its diffusion loss L_w in nats
+        (`vdm.core.losses.training_loss_per_example`), from the diffusion term's own squared
+        epsilon error, gamma(t) and gamma'(t): one network evaluation serves the loss and the
+        reported ELBO terms (eps_mse: exactly `terms['eps_mse']`, DDPM's L_simple).
         """
         terms = self.elbo_terms(params, batch, key, train=True)
-        return jnp.mean(losses.OBJECTIVES.lookup(self.objective).per_example(terms)), terms
+        per_example = losses.training_loss_per_example(terms, self.loss_weighting(), self.num_dims)
+        return jnp.mean(per_example), terms

@@ -48,7 +48,9 @@ class Run:
         distributed.check_batch_size(config.eval.batch_size, self.mesh, "eval.batch_size")
         distributed.check_batch_size(config.eval.num_samples, self.mesh, "eval.num_samples")
         self.model = VDM.from_config(config)
-        self.tx, self.lr_schedule = make_optimizer(config.optim, config.training.num_steps)
+        self.tx, self.lr_schedule = make_optimizer(
+            config.optim, config.training.num_steps,
+            clip_interior_apart=config.schedule.interior_objective == "variance")
         self.keys = run_keys(config.training.seed)
         self.main = distributed.is_main_process()
         self.repl = distributed.replicated(self.mesh)

@@ -54,13 +54,23 @@ def make_train_step(model: VDM, tx, lr_schedule, ema_decay: float, mesh=None, do
     parameters, EMA and optimizer state stay as they were, `state.step` still
     advances, and its metric 'nonfinite' is 1. With a `mesh`, the state is
     replicated and batches are sharded over its 'data' axis.
+
+    With schedule.interior_objective = 'variance', 'grad_norm' is the norm of every gradient
+    but the schedule interior's, and 'grad_norm_interior' that one's (the optimizer clips them
+    apart: `optim.make_optimizer(..., clip_interior_apart=True)`); a non-finite value in either
+    rejects the step.
     """
+    apart = model.interior_objective == "variance"
 
     def one_step(state: TrainState, batch, base_key):
         key = jax.random.fold_in(base_key, state.step)
         (loss, terms), grads = model.loss_and_grads(state.params, batch, key)
-        grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)  # a NaN or inf anywhere in grads makes the norm non-finite
+        if apart:  # the interior's gradient is of another objective: its norm is reported (and clipped) apart
+            grad_norm, interior_norm = optim.global_norms(grads)
+            finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(interior_norm)
+        else:
+            grad_norm = optax.tree.norm(grads)
+            finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)  # a NaN or inf anywhere in grads makes the norm non-finite
 
         def update(state):
             updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -80,6 +90,8 @@ def make_train_step(model: VDM, tx, lr_schedule, ema_decay: float, mesh=None, do
         metrics = _scalar_metrics(loss, terms, grad_norm, lr_schedule(num_updates - 1))
         gamma_0, gamma_1 = model.gamma_fn(new_state.params)(jnp.array([0.0, 1.0]))
         metrics.update(gamma_0=gamma_0, gamma_1=gamma_1, nonfinite=1.0 - finite.astype(jnp.float32))
+        if apart:
+            metrics["grad_norm_interior"] = interior_norm
         return new_state, metrics
 
     def train_step(state, batches, base_key):

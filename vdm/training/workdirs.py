@@ -21,7 +21,7 @@ import jax
 import ml_collections
 
 from vdm.config.schema import base_config
-from vdm.config.validation import REMOVED_KEYS, flatten
+from vdm.config.validation import REMOVED_KEYS, flatten, migrate
 from vdm.errors import CheckpointError, WorkdirError
 from vdm.nets.unet import NETWORK_VERSION
 from vdm.training import checkpoint, distributed, outputs
@@ -66,7 +66,9 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     """The config in <workdir>/config.json on today's schema; CheckpointError if there is none.
 
     Keys removed from the schema are dropped (`vdm.config.validation.REMOVED_KEYS`: they
-    chose among forms of the same function); keys added since take their defaults, except
+    chose among forms of the same function); keys that moved are mapped to their new keys
+    (`vdm.config.validation.MOVED_KEYS`: loss.objective 'simple' -> loss.weighting 'eps_mse',
+    the same training loss); keys added since take their defaults, except
     that a run of network version 1 at a width that 32 divides gets model.norm_groups = 32,
     that version's function.
     """
@@ -81,6 +83,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
             config[section].update({k: v for k, v in values.items() if f"{section}.{k}" not in REMOVED_KEYS})
         else:
             config[section] = values
+    migrate(config)
     config.data.image_shape = tuple(config.data.image_shape)
     if (recorded_network_version(workdir) == 1 and "norm_groups" not in saved.get("model", {})
             and config.model.channels % 32 == 0):
