@@ -278,3 +278,45 @@ def test_interior_gradient_clipped_apart_leaves_the_network_update_unchanged():
     assert jax.tree.structure(apart.init(params)) == jax.tree.structure(together.init(params))
     rest, interior = optim.global_norms(big)
     assert float(interior) == pytest.approx(2e4, rel=1e-6) and float(rest) == pytest.approx(0.3 * math.sqrt(7), rel=1e-6)
+
+
+def test_variance_train_step_reports_the_interior_gradient_norm_apart():
+    """interior_objective = 'variance': the step's grad_norm leaves the interior out, grad_norm_interior is its own,
+    and a non-finite interior gradient still rejects the step (a stand-in model: the step's logic only)."""
+    import ml_collections
+
+    from vdm.training import optim
+    from vdm.training.steps import TERM_NAMES, make_train_step
+
+    class Toy:
+        interior_objective = "variance"
+
+        def init(self, key):
+            return {"net": {"kernel": jnp.ones((3,))},
+                    "schedule": {"endpoints": {"gamma_0": jnp.zeros(())}, "interior": {"w": jnp.ones((2,))}}}
+
+        def loss_and_grads(self, params, batch, key):
+            scale = batch["images"][0]  # the interior's gradient: 1e3 * scale
+            grads = {"net": {"kernel": jnp.full((3,), 3.0)}, "schedule": {
+                "endpoints": {"gamma_0": jnp.asarray(4.0)}, "interior": {"w": jnp.full((2,), 1e3) * scale}}}
+            terms = {name: jnp.zeros((2,)) for name in TERM_NAMES}
+            return (jnp.asarray(1.0), terms), grads
+
+        def gamma_fn(self, params):
+            return lambda t: params["schedule"]["endpoints"]["gamma_0"] + t
+
+    model = Toy()
+    cfg = ml_collections.ConfigDict(dict(learning_rate=1e-2, warmup_steps=0, decay="constant", b1=0.9, b2=0.99,
+                                         eps=1e-8, weight_decay=0.0, grad_clip=1.0, accumulate_steps=1,
+                                         schedule_lr_scale=1.0))
+    tx, lr = optim.make_optimizer(cfg, 10, clip_interior_apart=True)
+    from vdm.training.steps import create_train_state
+
+    state = create_train_state(model, tx, jax.random.key(0))
+    step = make_train_step(model, tx, lr, 0.99, donate=False)
+    new, metrics = step(state, {"images": jnp.ones((1, 1))}, jax.random.key(1))
+    np.testing.assert_allclose(metrics["grad_norm"][0], math.sqrt(3 * 9 + 16), rtol=1e-6)
+    np.testing.assert_allclose(metrics["grad_norm_interior"][0], 1e3 * math.sqrt(2), rtol=1e-6)
+    assert float(metrics["nonfinite"][0]) == 0
+    _, rejected = step(state, {"images": jnp.full((1, 1), jnp.inf)}, jax.random.key(1))
+    assert float(rejected["nonfinite"][0]) == 1 and math.isfinite(float(rejected["grad_norm"][0]))
