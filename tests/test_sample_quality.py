@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from test_config_and_cli import ROOT, _main_in_process
+from conftest import ROOT, main_in_process
 from vdm.errors import ConfigError
 
 TINY = os.path.join(ROOT, "configs", "tiny.py")
@@ -13,7 +13,7 @@ TINY = os.path.join(ROOT, "configs", "tiny.py")
 
 def test_sample_quality_mode_prints_the_table_and_writes_json(finished_tiny_run, capsys):
     _, workdir = finished_tiny_run
-    out = _main_in_process([f"--config={TINY}", f"--workdir={workdir}", "--mode=sample_quality",
+    out = main_in_process([f"--config={TINY}", f"--workdir={workdir}", "--mode=sample_quality",
                             "--sampler=dpm_solver_pp_2m,ode", "--steps=4,1"], capsys)
     assert "| sampler | NFE | FD | KID ± s.e. | digit-check ratio | seconds |" in out, out
     assert "| ode | 1 | skipped" in out, out  # one Heun step is 2 evaluations
@@ -34,4 +34,4 @@ def test_sample_quality_mode_prints_the_table_and_writes_json(finished_tiny_run,
 def test_sample_quality_mode_rejects_unknown_samplers_and_bad_steps(finished_tiny_run, capsys, args, message):
     _, workdir = finished_tiny_run
     with pytest.raises(ConfigError, match=message):
-        _main_in_process([f"--config={TINY}", f"--workdir={workdir}", "--mode=sample_quality", *args], capsys)
+        main_in_process([f"--config={TINY}", f"--workdir={workdir}", "--mode=sample_quality", *args], capsys)
