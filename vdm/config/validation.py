@@ -198,7 +198,7 @@ def validate(config) -> None:
         raise ConfigError("config key 'model.class_conditional' needs 'data.num_classes' >= 1")
     if flat["model.fourier_features"] and not flat["model.fourier_start"] < flat["model.fourier_stop"]:
         raise ConfigError("config key 'model.fourier_start' must be < 'model.fourier_stop'")
-    if flat["loss.weighting"] != "elbo" and flat["schedule.name"] in ("learned_linear", "monotone_net"):
+    if flat["loss.weighting"] != "elbo" and flat["schedule.name"] in ("learned_linear", "monotone_net", "official_nnet"):
         # Only the ELBO's gradient trains the endpoints (and, with interior_objective = 'elbo', the shape) sensibly:
         # L_w of another weighting has no prior / reconstruction terms to balance gamma_0, gamma_1.
         raise ConfigError(f"config key 'loss.weighting' = {flat['loss.weighting']!r} cannot train a learned "
