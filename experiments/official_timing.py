@@ -17,7 +17,6 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
-import sys
 import time
 
 import jax
@@ -31,15 +30,12 @@ def load_official_model(official_dir: str):
     path = os.path.join(official_dir, "model_vdm.py")
     if not os.path.exists(path):
         raise SystemExit(f"--official_dir={official_dir}: no model_vdm.py there (a checkout of google-research/vdm?)")
-    sys.path.insert(0, os.path.abspath(official_dir))
-    try:
+    try:  # model_vdm.py imports only chex, flax, jax and numpy: loaded by path, no import path changed
         spec = importlib.util.spec_from_file_location("official_model_vdm", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     except ImportError as e:
         raise SystemExit(f"--official_dir: importing {path} failed ({e}); it needs chex: pip install chex") from None
-    finally:
-        sys.path.pop(0)
     return module
 
 
