@@ -51,7 +51,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.schedule.gamma_max = 5.0
     c.schedule.width = 1024  # monotone_net only
     # monotone_net only: what its interior shape trains on. elbo | variance (the paper's variance-minimising
-    # schedule: mean of the squared per-example diffusion loss; endpoints and network still train on the ELBO)
+    # schedule: mean of the squared per-example diffusion loss; endpoints and network still train on the ELBO).
+    # With a loss.weighting of lambda alone, variance makes the interior an adaptive importance sampler of lambda
+    # for L_w (endpoints pinned at gamma_min, gamma_max)
     c.schedule.interior_objective = "elbo"
 
     c.loss = ml_collections.ConfigDict()

@@ -198,11 +198,16 @@ def validate(config) -> None:
         raise ConfigError("config key 'model.class_conditional' needs 'data.num_classes' >= 1")
     if flat["model.fourier_features"] and not flat["model.fourier_start"] < flat["model.fourier_stop"]:
         raise ConfigError("config key 'model.fourier_start' must be < 'model.fourier_stop'")
-    if flat["loss.weighting"] != "elbo" and flat["schedule.name"] in ("learned_linear", "monotone_net", "official_nnet"):
+    weighting = registries()["loss.weighting"].lookup(flat["loss.weighting"])
+    learned = getattr(registries()["schedule.name"].lookup(flat["schedule.name"]), "learned", False)
+    adaptive = flat["schedule.name"] == "monotone_net" and flat["schedule.interior_objective"] == "variance"
+    if flat["loss.weighting"] != "elbo" and learned and not adaptive:
         # Only the ELBO's gradient trains the endpoints (and, with interior_objective = 'elbo', the shape) sensibly:
         # L_w of another weighting has no prior / reconstruction terms to balance gamma_0, gamma_1.
         raise ConfigError(f"config key 'loss.weighting' = {flat['loss.weighting']!r} cannot train a learned "
-                          "'schedule.name' (only 'elbo' trains its endpoints); use a fixed schedule")
+                          "'schedule.name' (only 'elbo' trains its endpoints); use a fixed schedule, or "
+                          "'monotone_net' with 'schedule.interior_objective' = 'variance' (endpoints pinned, "
+                          "the interior an adaptive importance sampler of lambda)")
     if flat["loss.num_steps"] and flat["loss.weighting"] not in ("elbo", "eps_mse"):
         raise ConfigError(f"config key 'loss.weighting' = {flat['loss.weighting']!r} is continuous-time only "
                           "('loss.num_steps' = 0); in discrete time only 'elbo' and 'eps_mse'")
@@ -210,9 +215,12 @@ def validate(config) -> None:
         if flat["schedule.name"] != "monotone_net":
             raise ConfigError("config key 'schedule.interior_objective' = 'variance' needs 'schedule.name' = "
                               f"'monotone_net' (the only schedule with an interior shape), got {flat['schedule.name']!r}")
-        if flat["loss.weighting"] != "elbo" or flat["loss.num_steps"] != 0:
-            raise ConfigError("config key 'schedule.interior_objective' = 'variance' needs the continuous-time ELBO "
-                              "('loss.weighting' = 'elbo', 'loss.num_steps' = 0): only there is E[L] free of the interior")
+        if weighting.w is None or flat["loss.num_steps"] != 0:
+            table = registries()["loss.weighting"]
+            of_lambda = ", ".join(n for n in table if table[n].w is not None)
+            raise ConfigError("config key 'schedule.interior_objective' = 'variance' needs a continuous-time loss "
+                              f"('loss.num_steps' = 0) whose weighting is a function of lambda alone ({of_lambda}), "
+                              f"got {flat['loss.weighting']!r}: only there is E[L] free of the interior")
     for key in ("training.log_every", "training.eval_every", "checkpoint.every_steps", "training.num_steps"):
         if flat[key] % flat["training.steps_per_call"]:
             raise ConfigError(f"config key '{key}' = {flat[key]} must be a multiple of 'training.steps_per_call' = "

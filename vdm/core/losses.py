@@ -310,8 +310,8 @@ def elbo_terms(x_int, noise, eps_hat_fn, gamma_fn, vocab_size: int, num_steps: i
     return terms
 
 
-def variance_minimizing_value_and_grad(per_example_fn, schedule_fn, params, t):
-    """ELBO gradients for everything but the schedule's interior, which gets d/d eta mean(L_i^2).
+def variance_minimizing_value_and_grad(per_example_fn, schedule_fn, params, t, pin_endpoints: bool = False):
+    """The objective's gradients for everything but the schedule's interior, which gets d/d eta mean(L_i^2).
 
     The paper's variance-minimising schedule (appendix): with the endpoints
     gamma_0, gamma_1 fixed, E[L_inf] does not depend on the interior shape eta of
@@ -325,6 +325,16 @@ def variance_minimizing_value_and_grad(per_example_fn, schedule_fn, params, t):
     alone (cheap). The network and the endpoints take the unscaled cotangents:
     the plain gradient of the mean loss.
 
+    The same holds for any weighted diffusion loss L_w whose weighting is a function of
+    lambda = -gamma alone (`vdm.core.weightings`): its expectation depends on the schedule only
+    through the endpoints, and the schedule only importance-samples lambda (t ~ U(0, 1) gives
+    lambda the density 1 / gamma'(t)). Minimising E[L_w^2] over eta drives that density towards the
+    variance-optimal proposal p(lambda) ~ sqrt(E[(w(lambda) ||eps - eps_hat||^2)^2 | lambda]): an
+    adaptive noise schedule that follows the network's current errors (Kingma & Gao 2023 track
+    E[w ||eps - eps_hat||^2] with a histogram instead; this is that idea with the variance-optimal
+    target, on the machinery above). L_w has no prior or reconstruction term to set gamma_0 and
+    gamma_1, so there `pin_endpoints=True` keeps them where they are (zero gradient).
+
     Args:
       per_example_fn(params, gammas_t) -> (loss [B], diffusion [B], aux): the
         per-example objective and its diffusion term, in the same units (nats or
@@ -333,6 +343,7 @@ def variance_minimizing_value_and_grad(per_example_fn, schedule_fn, params, t):
       schedule_fn(schedule_params, t [B]) -> gamma [B], strictly increasing.
       params: {"net": ..., "schedule": {"endpoints": ..., "interior": ...}}.
       t: times [B].
+      pin_endpoints: give the endpoints a zero gradient (a weighted loss L_w) instead of the loss's.
     Returns:
       ((mean loss, aux), grads) with grads shaped like params, and
       grads["schedule"]["interior"] = d/d eta mean(diffusion_i^2) in squared units.
@@ -353,8 +364,9 @@ def variance_minimizing_value_and_grad(per_example_fn, schedule_fn, params, t):
     grads, (c_gamma, c_dgamma) = loss_vjp((seed, jnp.zeros_like(diff)))
     (elbo_schedule,) = gammas_vjp((c_gamma, c_dgamma))
     (variance_schedule,) = gammas_vjp((2.0 * diff * c_gamma, 2.0 * diff * c_dgamma))
+    endpoints = jax.tree.map(jnp.add, grads["schedule"]["endpoints"], elbo_schedule["endpoints"])
     schedule_grads = {
-        "endpoints": jax.tree.map(jnp.add, grads["schedule"]["endpoints"], elbo_schedule["endpoints"]),
+        "endpoints": jax.tree.map(jnp.zeros_like, endpoints) if pin_endpoints else endpoints,
         "interior": variance_schedule["interior"],
     }
     return (jnp.mean(loss), aux), {**grads, "schedule": schedule_grads}

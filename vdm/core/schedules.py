@@ -116,6 +116,8 @@ class FixedLinear:
 class LearnedLinear:
     """gamma(t) = gamma_0 + (gamma_1 - gamma_0) t with learned gamma_0 and gamma_1 = gamma_0 + softplus(delta)."""
 
+    learned = True  # parameters trained with the model (not a dataclass field)
+
     gamma_min: float = -13.3
     gamma_max: float = 5.0
 
@@ -128,7 +130,18 @@ class LearnedLinear:
 
 
 @dataclasses.dataclass(frozen=True)
-class MonotoneNet:
+class _NetworkSchedule:
+    """The fields of the schedules that are small monotone networks: the gamma range and the hidden width."""
+
+    learned = True  # parameters trained with the model (not a dataclass field)
+
+    gamma_min: float = -13.3
+    gamma_max: float = 5.0
+    width: int = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class MonotoneNet(_NetworkSchedule):
     """The paper's learned monotone schedule (VDM appendix), endpoints pinned.
 
     gamma~(t) = l1(t) + l3(sigmoid(l2(l1(t)))), with l1: 1->1, l2: 1->width,
@@ -140,10 +153,6 @@ class MonotoneNet:
     has exactly the learned endpoints (the official code skips this
     normalisation; its issue #11).
     """
-
-    gamma_min: float = -13.3
-    gamma_max: float = 5.0
-    width: int = 1024
 
     def init(self, key):
         k2, k3 = jax.random.split(key)
@@ -242,7 +251,7 @@ class AlphaCosine:
 
 
 @dataclasses.dataclass(frozen=True)
-class OfficialNNet:
+class OfficialNNet(_NetworkSchedule):
     """The official VDM code's `learnable_nnet` schedule (its NoiseSchedule_NNet), the same function of the same weights.
 
     With |.| taken of every weight (monotone dense layers) and n = width,
@@ -256,10 +265,6 @@ class OfficialNNet:
     initialisation (l1 from gamma_min to gamma_max, l2 and l3 normal(0.01));
     the width is read from the parameters (the official code's is 1024).
     """
-
-    gamma_min: float = -13.3
-    gamma_max: float = 5.0
-    width: int = 1024
 
     def init(self, key):
         k2, k3 = jax.random.split(key)

@@ -152,20 +152,28 @@ class VDM:
     def loss_and_grads(self, params, batch, key):
         """((scalar loss, per-example terms), grads) of `training_loss`.
 
-        With interior_objective = 'variance' (monotone_net, continuous-time ELBO),
-        the schedule's interior parameters get d/d eta mean(bpd_diffusion_i^2)
-        instead (`vdm.core.losses.variance_minimizing_value_and_grad`); everything
-        else gets the ELBO gradient as usual.
+        With interior_objective = 'variance' (monotone_net, continuous time) the schedule's
+        interior parameters get d/d eta mean(L_i^2) of the per-example training loss instead
+        (`vdm.core.losses.variance_minimizing_value_and_grad`): elbo, L_i = the diffusion term in
+        bits/dim, the paper's variance-minimising schedule; any weighting of lambda alone, L_i = L_w
+        in nats, an adaptive importance sampler of lambda with the endpoints pinned (L_w does not
+        depend on the interior in expectation and has nothing to set the endpoints). The network
+        (and, for elbo, the endpoints) get the plain gradient of the mean loss.
         """
         if self.interior_objective == "elbo":
             return jax.value_and_grad(self.training_loss, has_aux=True)(params, batch, key)
         noise = losses.elbo_noise(self._split(key)[0], batch["images"].shape)  # drawn once, passed on
+        weighting = self.loss_weighting()
 
         def per_example(p, gammas_t):
             terms = self.elbo_terms(p, batch, key, train=True, noise=noise, gammas_t=gammas_t)
-            return terms["bpd"], terms["bpd_diffusion"], terms
+            if self.weighting == "elbo":
+                return terms["bpd"], terms["bpd_diffusion"], terms
+            loss = losses.training_loss_per_example(terms, weighting, self.num_dims)
+            return loss, loss, terms
 
-        return losses.variance_minimizing_value_and_grad(per_example, self.schedule, params, noise["t"])
+        return losses.variance_minimizing_value_and_grad(per_example, self.schedule, params, noise["t"],
+                                                         pin_endpoints=self.weighting != "elbo")
 
     def loss_weighting(self):
         """The training loss's weighting w(lambda) (`vdm.core.weightings.get_weighting`)."""
