@@ -24,7 +24,7 @@ import pytest
 from conftest import ROOT, main_in_process
 from vdm.config.validation import load_config_file, parse_override
 from vdm.errors import CheckpointError, ConfigError
-from vdm.training import official
+from vdm.training import official, official_params
 
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "official_vdm_c32")
 CHECKPOINT = os.path.join(FIXTURE, "checkpoints-0")
@@ -52,7 +52,7 @@ def official_tree(which="ema_params"):
 
 @pytest.fixture(scope="module")
 def imported():
-    return official.import_checkpoint(CHECKPOINT, cifar10_config(data__image_shape="(8, 8, 3)"))
+    return official_params.import_checkpoint(CHECKPOINT, cifar10_config(data__image_shape="(8, 8, 3)"))
 
 
 def test_the_fixture_gives_the_official_models_numbers(imported):
@@ -112,11 +112,11 @@ def test_params_and_ema_params_are_the_official_values_in_both_network_forms(imp
     # learnable_scalar takes |w|: a negative w is the same schedule
     negative = official_tree()
     negative["gamma"]["w"] = -negative["gamma"]["w"]
-    g = imported.model.gamma_fn(official.map_params(negative, imported.model))(jnp.array([0.0, 0.3, 1.0]))
+    g = imported.model.gamma_fn(official_params.map_params(negative, imported.model))(jnp.array([0.0, 0.3, 1.0]))
     np.testing.assert_allclose(g, [-12.9, -12.9 + 0.3 * 17.9, 5.0], rtol=1e-6)
     # the loop form (model.scan_blocks=False): block i of the scanned stack is down_i / up_i, the same values
     config = cifar10_config(data__image_shape="(8, 8, 3)", model__scan_blocks="False")
-    loop = official.import_checkpoint(CHECKPOINT, config)
+    loop = official_params.import_checkpoint(CHECKPOINT, config)
     loop_flat, scan_flat = flat(loop.ema_params), flat(imported.ema_params)
     assert len(loop_flat) == 91 and sum(v.size for v in loop_flat.values()) == 223_557
     for path, value in scan_flat.items():
@@ -145,19 +145,19 @@ def test_the_official_schedules_import_exactly():
                        "l2": {"kernel": rng.normal(0, 1, (1, 1024)).astype(np.float32),
                               "bias": rng.normal(0, 1, (1024,)).astype(np.float32)},
                        "l3": {"kernel": rng.normal(0, 3, (1024, 1)).astype(np.float32)}}
-    config, keys = official.configure(cifar10_config(data__image_shape="(8, 8, 3)"), params)
+    config, keys = official_params.configure(cifar10_config(data__image_shape="(8, 8, 3)"), params)
     assert keys["schedule.name"] == "official_nnet"
     from vdm.training.model import VDM
 
     model = VDM.from_config(config)
-    ours = official.map_params(params, model)
+    ours = official_params.map_params(params, model)
     t = np.linspace(0, 1, 11)
     np.testing.assert_allclose(model.gamma_fn(ours)(jnp.asarray(t)), _nnet_gamma(params["gamma"], t), rtol=1e-5)
     del params["gamma"]
-    config, keys = official.configure(cifar10_config(data__image_shape="(8, 8, 3)"), params)
+    config, keys = official_params.configure(cifar10_config(data__image_shape="(8, 8, 3)"), params)
     assert keys["schedule.name"] == "fixed_linear"
     model = VDM.from_config(config)
-    ours = official.map_params(params, model)
+    ours = official_params.map_params(params, model)
     np.testing.assert_allclose(model.gamma_fn(ours)(jnp.asarray([0.0, 1.0])), [-13.3, 5.0], rtol=1e-6)
 
 
@@ -233,21 +233,21 @@ def test_the_paper_sized_official_tree_imports_with_nothing_left_over():
         for p in parents:
             node = node.setdefault(p, {})
         node[last] = np.broadcast_to(np.float32(0.5), shape)
-    config, keys = official.configure(cifar10_config(), tree)
+    config, keys = official_params.configure(cifar10_config(), tree)
     assert {k: keys[k] for k in ("model.channels", "model.num_blocks", "model.attention_per_block", "model.cond_dim",
                                  "model.fourier_features", "schedule.name")} == {
         "model.channels": 128, "model.num_blocks": 32, "model.attention_per_block": False, "model.cond_dim": 1,
         "model.fourier_features": True, "schedule.name": "learned_linear"}
     from vdm.training.model import VDM
 
-    params = official.map_params(tree, VDM.from_config(config))
+    params = official_params.map_params(tree, VDM.from_config(config))
     assert sum(x.size for x in jax.tree.leaves(params)) == 30_578_181
     # one leaf too many, one missing: the import stops naming them
     tree["score_model"]["extra"] = {"kernel": np.zeros((2,), np.float32)}
     del tree["score_model"]["up.block_32"]["conv2"]["bias"]
     with pytest.raises(CheckpointError, match=r"left over: score_model/extra/kernel.*not in the checkpoint: "
                                               r"score_model/up.block_32/conv2/bias"):
-        official.map_params(tree, VDM.from_config(config))
+        official_params.map_params(tree, VDM.from_config(config))
 
 
 def _official_cli(monkeypatch, capsys, *args) -> tuple:

@@ -13,5 +13,6 @@
     preemption.py   SIGTERM / SIGINT: finish the step, checkpoint, exit 75
     outputs.py      metrics (JSONL + TensorBoard), sample grids and plots, run metadata
     classifier.py   training the noise-conditional classifier of classifier guidance
-    official.py     checkpoints of the official VDM code as workdirs (python -m vdm.import_official)
+    official_params.py  checkpoints of the official VDM code: read, parameters mapped onto ours
+    official.py     ... written as a workdir (python -m vdm.import_official)
 """
