@@ -5,6 +5,7 @@ Run:
   python -m experiments.benchmark --configs=digits --ablation
   python -m experiments.benchmark --impls=reference,cpu --dtypes=float32,bfloat16 --out=results/benchmark_impls.json
   python -m experiments.benchmark --official_dir=PATH/TO/google-research-vdm --configs=cifar-small
+  python -m experiments.benchmark --configs=paper --merge          # add rows to the existing table
   python -m experiments.benchmark --out=results/benchmark_gpu.json   # on an accelerator
 (from the repository root, vdm installed: make install)
 
@@ -151,13 +152,13 @@ def train_flops(config) -> float:
     return flops[0] + (n - 1) * (flops[1] - flops[0])
 
 
-def measure_train(config, steps: int, flops: float | None = None, repeats: int = 1) -> dict:
+def measure_train(config, steps: int, flops: float | None = None, repeats: int = 1, warmup: int = 2) -> dict:
     """Compile time, step time (median over `repeats` of the median of `steps` steps), throughput, FLOP rate, peak bytes."""
     compiled, state, batch, compile_s, model = _compiled_train_step(config)
     k, b = config.training.steps_per_call, config.training.batch_size
     peak = _cost(compiled)[1]
     flops = train_flops(config) if flops is None else flops
-    for _ in range(2):  # warm-up
+    for _ in range(warmup):
         state, m = compiled(state, batch, jax.random.key(1))
     jax.block_until_ready(m)
     medians = []
@@ -175,18 +176,18 @@ def measure_train(config, steps: int, flops: float | None = None, repeats: int =
             "model": model, "params": state.ema_params}
 
 
-def measure_sampler(model, params, batch: int, steps: int = 20) -> float:
-    """Milliseconds per ancestral step (a T-step scan, compiled once, timed once more)."""
+def measure_sampler(model, params, batch: int, steps: int = 20, repeats: int = 3) -> float:
+    """Milliseconds per ancestral step (a T-step scan, compiled once, median of `repeats` runs)."""
     eps_hat_fn = model.eps_hat_fn(params)
     fn = jax.jit(lambda key: sampling.ancestral_sample(key, eps_hat_fn, model.gamma_fn(params),
                                                        (batch, *model.image_shape), steps))
     fn(jax.random.key(0)).block_until_ready()
-    return 1000 * _median_seconds(lambda: fn(jax.random.key(1)), 3) / steps
+    return 1000 * _median_seconds(lambda: fn(jax.random.key(1)), repeats) / steps
 
 
 def measure_sampler_per_nfe(model, params, batch: int, names=("dpm_solver_pp_2m", "dpm_solver_pp_3m"),
-                            nfe: int = 20) -> dict:
-    """Milliseconds per network evaluation of samplers in `vdm.sampling.SAMPLERS` at `nfe` NFE (compiled once, timed once more)."""
+                            nfe: int = 20, repeats: int = 3) -> dict:
+    """Milliseconds per network evaluation of samplers in `vdm.sampling.SAMPLERS` at `nfe` NFE (median of `repeats` runs)."""
     eps_hat_fn, gamma_fn = model.eps_hat_fn(params), model.gamma_fn(params)
     out = {}
     for name in names:
@@ -194,7 +195,7 @@ def measure_sampler_per_nfe(model, params, batch: int, names=("dpm_solver_pp_2m"
         steps = entry.steps_for(nfe)
         fn = jax.jit(lambda key, f=entry.fn, s=steps: f(key, eps_hat_fn, gamma_fn, (batch, *model.image_shape), s))
         fn(jax.random.key(0)).block_until_ready()
-        out[name] = 1000 * _median_seconds(lambda: fn(jax.random.key(1)), 3) / entry.nfe(steps)
+        out[name] = 1000 * _median_seconds(lambda: fn(jax.random.key(1)), repeats) / entry.nfe(steps)
     return out
 
 
@@ -213,11 +214,17 @@ def main():
     parser.add_argument("--dtypes", default="float32", help="model.dtype values, comma-separated")
     parser.add_argument("--steps", type=int, default=10, help="timed train steps (median)")
     parser.add_argument("--repeats", type=int, default=1, help="repeats of --steps steps per row (median of medians)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed compiled calls before the timed ones")
+    parser.add_argument("--sampler_nfe", type=int, default=20,
+                        help="network evaluations of each timed sampler run (ancestral steps, DPM-Solver++ NFE)")
+    parser.add_argument("--sampler_repeats", type=int, default=3, help="timed sampler runs (median)")
     parser.add_argument("--ablation", action="store_true", help="time every switch on and off, 3 repeats each")
     parser.add_argument("--ablation_paper", action="store_true", help="also at paper size (~1 hour on 2 cores)")
     parser.add_argument("--official_dir", default="", help="a checkout of google-research/vdm to time side by side")
     parser.add_argument("--set", action="append", default=[], help="extra override KEY=VALUE for every config")
     parser.add_argument("--out", default=os.path.join(ROOT, "results", "benchmark.json"))
+    parser.add_argument("--merge", action="store_true",
+                        help="add the rows to an existing --out file (same device) instead of replacing it")
     args = parser.parse_args()
     jax.config.update("jax_enable_compilation_cache", False)  # compile times are cold compiles
     extra = dict(s.split("=", 1) for s in args.set)
@@ -232,17 +239,21 @@ def main():
         for impl in impls:
             for dtype in dtypes:
                 config = bench_config(name, {**extra, "model.impl": impl, "model.dtype": dtype})
-                r = measure_train(config, args.steps, flops, args.repeats)
+                r = measure_train(config, args.steps, flops, args.repeats, args.warmup)
                 flops = r["flops_per_step"]  # the same network: count once
                 model, params = r.pop("model"), r.pop("params")
                 r["impl"], r["dtype"] = model.net.ops.name, dtype
-                r["sampler_ms_per_step"] = measure_sampler(model, params, config.training.batch_size)
-                r["sampler_ms_per_nfe"] = measure_sampler_per_nfe(model, params, config.training.batch_size)
+                b = config.training.batch_size
+                r["sampler_ms_per_step"] = measure_sampler(model, params, b, args.sampler_nfe, args.sampler_repeats)
+                r["sampler_ms_per_nfe"] = measure_sampler_per_nfe(model, params, b, nfe=args.sampler_nfe,
+                                                                  repeats=args.sampler_repeats)
+                r["timing"] = {"steps": args.steps, "repeats": args.repeats, "warmup": args.warmup,
+                               "sampler_nfe": args.sampler_nfe, "sampler_repeats": args.sampler_repeats}
                 r["eval_images_per_second"] = measure_eval(model, params, config.training.batch_size,
                                                            config.data.vocab_size)
                 r["matmul_peak_fraction"] = r["gflops_per_second"] / p["matmul_gflops"]
                 r["conv_peak_fraction"] = r["gflops_per_second"] / p["conv3x3_gflops"]
-                row = name if len(impls) * len(dtypes) == 1 else f"{name} {impl} {dtype}"
+                row = f"{name} {r['impl']} {dtype}"
                 results["configs"][row] = r
                 print(f"{row}: {json.dumps(r)}", flush=True)
         if args.official_dir and CONFIGS[name]["data.image_shape"][-1] != 3:
@@ -265,12 +276,25 @@ def main():
                     row[label] = {"images_per_second": x["images_per_second"], "compile_seconds": x["compile_seconds"]}
                 results["ablation"][name][switch] = row
                 print(f"  {switch}: {row}", flush=True)
+    if args.merge and os.path.exists(args.out):
+        results = merge(args.out, results)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2, sort_keys=True)
     print(table(results))
     with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
         f.write(table(results))
+
+
+def merge(path: str, new: dict) -> dict:
+    """`new`'s rows added to the results stored at `path` (rows of the same name replaced); refuses another device."""
+    with open(path) as f:
+        old = json.load(f)
+    if old.get("device") != new["device"]:
+        raise SystemExit(f"--merge: {path} was measured on {old.get('device')!r}, this is {new['device']!r}")
+    for key in ("configs", "ablation", "official"):
+        old.setdefault(key, {}).update(new[key])
+    return old
 
 
 def _per_nfe(r) -> str:
