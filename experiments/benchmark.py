@@ -6,6 +6,7 @@ Run:
   python -m experiments.benchmark --impls=reference,cpu --dtypes=float32,bfloat16 --out=results/benchmark_impls.json
   python -m experiments.benchmark --official_dir=PATH/TO/google-research-vdm --configs=cifar-small
   python -m experiments.benchmark --configs=paper --merge          # add rows to the existing table
+  python -m experiments.benchmark --impls=cpu --dtypes=float32,bfloat16 --interleaved --merge   # ratios, in turn
   python -m experiments.benchmark --out=results/benchmark_gpu.json   # on an accelerator
 (from the repository root, vdm installed: make install)
 
@@ -176,6 +177,25 @@ def measure_train(config, steps: int, flops: float | None = None, repeats: int =
             "model": model, "params": state.ema_params}
 
 
+def interleaved(configs: dict, steps: int) -> dict:
+    """{label: images per second} of several configs' train steps, one compiled call of each in turn.
+
+    On a machine whose speed drifts (a shared VM), rows timed one after another differ by more than
+    the settings do; taking turns gives every setting the same conditions, so the ratios hold.
+    """
+    built = {label: _compiled_train_step(config) for label, config in configs.items()}
+    states = {label: b[1] for label, b in built.items()}
+    times = {label: [] for label in configs}
+    for i in range(steps + 1):  # the first turn warms up
+        for label, (compiled, _, batch, _, _) in built.items():
+            t0 = time.perf_counter()
+            states[label], m = compiled(states[label], batch, jax.random.key(2 + i))
+            jax.block_until_ready(m)
+            if i:
+                times[label].append((time.perf_counter() - t0) / configs[label].training.steps_per_call)
+    return {label: configs[label].training.batch_size / float(np.median(t)) for label, t in times.items()}
+
+
 def measure_sampler(model, params, batch: int, steps: int = 20, repeats: int = 3) -> float:
     """Milliseconds per ancestral step (a T-step scan, compiled once, median of `repeats` runs)."""
     eps_hat_fn = model.eps_hat_fn(params)
@@ -220,6 +240,8 @@ def main():
     parser.add_argument("--sampler_repeats", type=int, default=3, help="timed sampler runs (median)")
     parser.add_argument("--ablation", action="store_true", help="time every switch on and off, 3 repeats each")
     parser.add_argument("--ablation_paper", action="store_true", help="also at paper size (~1 hour on 2 cores)")
+    parser.add_argument("--interleaved", action="store_true",
+                        help="time the --impls x --dtypes train steps of each config in turn (ratios on a drifting machine)")
     parser.add_argument("--official_dir", default="", help="a checkout of google-research/vdm to time side by side")
     parser.add_argument("--set", action="append", default=[], help="extra override KEY=VALUE for every config")
     parser.add_argument("--out", default=os.path.join(ROOT, "results", "benchmark.json"))
@@ -232,9 +254,15 @@ def main():
     print(f"devices: {device}", flush=True)
     p = peaks()
     print(f"peaks: matmul {p['matmul_gflops']:.0f} GFLOP/s, 3x3 conv {p['conv3x3_gflops']:.0f} GFLOP/s", flush=True)
-    results = {"device": device, "jax": jax.__version__, "peaks": p, "configs": {}, "ablation": {}, "official": {}}
+    results = {"device": device, "jax": jax.__version__, "peaks": p, "configs": {}, "ablation": {}, "official": {},
+               "interleaved": {}}
     impls, dtypes = args.impls.split(","), args.dtypes.split(",")
-    for name in args.configs.split(","):
+    for name in args.configs.split(",") if args.interleaved else ():
+        configs = {f"{impl} {dtype}": bench_config(name, {**extra, "model.impl": impl, "model.dtype": dtype})
+                   for impl in impls for dtype in dtypes}
+        results["interleaved"][name] = {"images_per_second": interleaved(configs, args.steps), "steps": args.steps}
+        print(f"{name} interleaved: {json.dumps(results['interleaved'][name])}", flush=True)
+    for name in args.configs.split(",") if not args.interleaved else ():
         flops = None
         for impl in impls:
             for dtype in dtypes:
@@ -292,7 +320,7 @@ def merge(path: str, new: dict) -> dict:
         old = json.load(f)
     if old.get("device") != new["device"]:
         raise SystemExit(f"--merge: {path} was measured on {old.get('device')!r}, this is {new['device']!r}")
-    for key in ("configs", "ablation", "official"):
+    for key in ("configs", "ablation", "official", "interleaved"):
         old.setdefault(key, {}).update(new[key])
     return old
 
@@ -318,6 +346,14 @@ def table(results) -> str:
         for name, o in results["official"].items():
             lines.append(f"| {name} | {o['ours_images_per_second']:.2f} | {o['official_images_per_second']:.2f} | "
                          f"{o['ratio']:.2f}x |")
+    if results.get("interleaved"):
+        lines += ["", "Train steps timed in turn (one compiled call of each setting in turn, median; ratios to the "
+                  "first setting):", "", "| config | setting | img/s | ratio |", "|---|---|---|---|"]
+        for name, entry in results["interleaved"].items():
+            rates = entry["images_per_second"]
+            first = next(iter(rates.values()))
+            for label, rate in rates.items():
+                lines.append(f"| {name} | {label} | {rate:.2f} | {rate / first:.2f}x |")
     if results["ablation"]:
         lines += ["", "| config | switch | img/s on | img/s off | compile s on | compile s off |", "|---|---|---|---|---|---|"]
         for name, switches in results["ablation"].items():
