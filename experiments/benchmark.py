@@ -348,10 +348,12 @@ def table(results) -> str:
                          f"{o['ratio']:.2f}x |")
     if results.get("interleaved"):
         lines += ["", "Train steps timed in turn (one compiled call of each setting in turn, median; ratios to the "
-                  "first setting):", "", "| config | setting | img/s | ratio |", "|---|---|---|---|"]
+                  "float32 setting of the same impl, else to the first):", "", "| config | setting | img/s | ratio |",
+                  "|---|---|---|---|"]
         for name, entry in results["interleaved"].items():
             rates = entry["images_per_second"]
-            first = next(iter(rates.values()))
+            base = [r for label, r in rates.items() if label.endswith("float32")]
+            first = base[0] if len(base) == 1 else next(iter(rates.values()))
             for label, rate in rates.items():
                 lines.append(f"| {name} | {label} | {rate:.2f} | {rate / first:.2f}x |")
     if results["ablation"]:
