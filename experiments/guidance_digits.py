@@ -1,6 +1,7 @@
 """Classifier-free and classifier guidance on digits: requested-class accuracy per guidance weight.
 
     python -m experiments.guidance_digits [--workdir=runs/digits_conditional] [--per_class=100]
+        [--sampler=dpm_solver_pp_2m --steps=20 --weights=0,3 --scales=]
 
 1. trains `configs/digits.py:conditional` in the workdir (resumes it; skipped when finished);
 2. classifier-free guidance: for each w, `per_class` samples of every class with
@@ -36,9 +37,9 @@ from vdm.sampling import guidance
 from vdm.training import classifier, loop, outputs, workdirs
 
 
-def _generate(model, eps_hat_fn, params, key, n, steps):
+def _generate(model, eps_hat_fn, params, key, n, steps, sampler="ancestral"):
     k_sample, k_decode = jax.random.split(key)
-    z_0 = sampling.ancestral_sample(k_sample, eps_hat_fn, model.gamma_fn(params), (n, *model.image_shape), steps)
+    z_0 = sampling.get_sampler(sampler)(k_sample, eps_hat_fn, model.gamma_fn(params), (n, *model.image_shape), steps)
     return sampling.decode(z_0, model.gamma_fn(params)(jnp.zeros((1,)))[0], model.vocab_size, k_decode)
 
 
@@ -60,7 +61,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workdir", default="runs/digits_conditional")
     ap.add_argument("--per_class", type=int, default=100)
-    ap.add_argument("--steps", type=int, default=100, help="ancestral sampler steps")
+    ap.add_argument("--sampler", default="ancestral", help="a name in vdm.sampling.SAMPLERS (e.g. dpm_solver_pp_2m)")
+    ap.add_argument("--steps", type=int, default=100, help="sampler steps (DPM-Solver++: network evaluations)")
     ap.add_argument("--weights", default="0,1,3", help="classifier-free weights w")
     ap.add_argument("--scales", default="0,1,3", help="classifier-guidance scales s")
     ap.add_argument("--classifier_steps", type=int, default=1500)
@@ -81,42 +83,45 @@ def main():
     for w in [float(x) for x in args.weights.split(",")]:
         t = time.time()
         eps = model.guided_eps_hat_fn(params, jnp.asarray(labels), w)
-        samples = np.asarray(jax.jit(lambda k: _generate(model, eps, params, k, len(labels), args.steps))(jax.random.key(1)))
+        samples = np.asarray(jax.jit(lambda k: _generate(model, eps, params, k, len(labels), args.steps, args.sampler))(jax.random.key(1)))
         res = _judge(clf, samples, labels)
         _grid(samples, labels, os.path.join(args.out, f"guidance_digits_cfg_w{w:g}.png"))
         rows.append({"kind": "classifier-free", "weight": w, **res, "seconds": time.time() - t})
         print(f"classifier-free w={w:g}: requested class {res['accuracy']:.3f} ± {res['stderr']:.3f} "
               f"(worst class {res['min_class_accuracy']:.2f}), {time.time() - t:.0f} s", flush=True)
 
-    t = time.time()
-    net, clf_params = classifier.train_noisy_classifier(
-        jax.random.key(2), ds.train.images, ds.train.labels, 17, model.gamma_fn(params), 10,
-        num_steps=args.classifier_steps, gamma_min=config.schedule.gamma_min, gamma_max=config.schedule.gamma_max)
-    noisy_accuracy = {f"t={tt}": classifier.classifier_accuracy(net, clf_params, ds.test.images, ds.test.labels, 17,
-                                                              model.gamma_fn(params), tt, jax.random.key(3))
-                      for tt in (0.0, 0.3, 0.5, 0.7, 0.9)}
-    print(f"noise-conditional classifier: test accuracy {noisy_accuracy} ({time.time() - t:.0f} s)", flush=True)
-    log_prob = classifier.noisy_classifier_log_prob_fn(net, clf_params)
-    for s in [float(x) for x in args.scales.split(",")]:
+    scales = [float(x) for x in args.scales.split(",") if x]
+    noisy_accuracy = {}
+    if scales:  # classifier guidance: a noise-conditional classifier first
         t = time.time()
-        eps = guidance.classifier_guided_eps_hat_fn(model.eps_hat_fn(params), log_prob, jnp.asarray(labels), s)
-        samples = np.asarray(jax.jit(lambda k: _generate(model, eps, params, k, len(labels), args.steps))(jax.random.key(1)))
-        res = _judge(clf, samples, labels)
-        _grid(samples, labels, os.path.join(args.out, f"guidance_digits_classifier_s{s:g}.png"))
-        rows.append({"kind": "classifier", "weight": s, **res, "seconds": time.time() - t})
-        print(f"classifier guidance s={s:g}: requested class {res['accuracy']:.3f} ± {res['stderr']:.3f} "
-              f"(worst class {res['min_class_accuracy']:.2f}), {time.time() - t:.0f} s", flush=True)
+        net, clf_params = classifier.train_noisy_classifier(
+            jax.random.key(2), ds.train.images, ds.train.labels, 17, model.gamma_fn(params), 10,
+            num_steps=args.classifier_steps, gamma_min=config.schedule.gamma_min, gamma_max=config.schedule.gamma_max)
+        noisy_accuracy = {f"t={tt}": classifier.classifier_accuracy(net, clf_params, ds.test.images, ds.test.labels, 17,
+                                                                  model.gamma_fn(params), tt, jax.random.key(3))
+                          for tt in (0.0, 0.3, 0.5, 0.7, 0.9)}
+        print(f"noise-conditional classifier: test accuracy {noisy_accuracy} ({time.time() - t:.0f} s)", flush=True)
+        log_prob = classifier.noisy_classifier_log_prob_fn(net, clf_params)
+        for s in scales:
+            t = time.time()
+            eps = guidance.classifier_guided_eps_hat_fn(model.eps_hat_fn(params), log_prob, jnp.asarray(labels), s)
+            samples = np.asarray(jax.jit(lambda k: _generate(model, eps, params, k, len(labels), args.steps, args.sampler))(jax.random.key(1)))
+            res = _judge(clf, samples, labels)
+            _grid(samples, labels, os.path.join(args.out, f"guidance_digits_classifier_s{s:g}.png"))
+            rows.append({"kind": "classifier", "weight": s, **res, "seconds": time.time() - t})
+            print(f"classifier guidance s={s:g}: requested class {res['accuracy']:.3f} ± {res['stderr']:.3f} "
+                  f"(worst class {res['min_class_accuracy']:.2f}), {time.time() - t:.0f} s", flush=True)
 
     summary = {"rows": rows, "real_test_digits_accuracy": real["accuracy"], "model_test_bpd": results["test_bpd"],
                "noisy_classifier_accuracy": noisy_accuracy, "samples_per_class": args.per_class,
-               "sampler": f"ancestral, T = {args.steps}", "seconds": time.time() - start,
+               "sampler": f"{args.sampler}, {args.steps} steps", "seconds": time.time() - start,
                "command": "python -m experiments.guidance_digits " + " ".join(sys.argv[1:])}
     outputs.write_json(os.path.join(args.out, "guidance_digits.json"), summary)
     lines = [
         "# Guidance on digits: does the sample show the requested class?",
         "",
         f"Model: `configs/digits.py:conditional` (test bpd {results['test_bpd']:.3f}, labels dropped 15% of the time). "
-        f"{args.per_class} samples per class per row, ancestral sampler with T = {args.steps}. Judge: logistic "
+        f"{args.per_class} samples per class per row, sampler {args.sampler} with {args.steps} steps. Judge: logistic "
         f"regression on clean training digits, which labels {real['accuracy']:.3f} of the real test digits correctly.",
         "",
         "| guidance | weight | requested class | ± s.e. | worst class |",
