@@ -88,7 +88,9 @@ def _tree_rel(a, b):
 BATCH = {"images": np.random.default_rng(0).integers(0, 256, (8, 8, 8, 3)), "labels": np.zeros(8, np.int32)}
 
 
-@pytest.mark.parametrize("scan,dropout", [(True, 0.1), (False, 0.1), (True, 0.0)])
+# the dropout variants take 90-115 s each on 2 cores: in `make test-all` (CI), not in `make test`
+@pytest.mark.parametrize("scan,dropout", [pytest.param(True, 0.1, marks=pytest.mark.slow),
+                                          pytest.param(False, 0.1, marks=pytest.mark.slow), (True, 0.0)])
 def test_exactness_guard_reference_and_cpu_impls_keep_the_bits_per_dim(scan, dropout):
     """Paper architecture at width 16 (Fourier features, attention in every block, middle attention), scan or
     loop, dropout on (same PRNG => same masks) or off: per-example bpd within 1e-5 relative, gradients within
@@ -180,6 +182,7 @@ def test_weighted_step_costs_what_the_elbo_step_costs():
         assert abs(other - elbo) <= 0.05 * elbo, (weighting, other, elbo)
 
 
+@pytest.mark.slow  # trains a tiny model 150 steps in each dtype (~105 s on 2 cores): CI's make test-all
 def test_bfloat16_model_close_to_float32_and_trains():
     """model.dtype = bfloat16 on a tiny digits model trained 150 steps in float32: finite loss and gradients,
     per-example bpd within 2% of float32 on the same parameters; parameters stay float32; 40 bf16 steps
