@@ -80,15 +80,21 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     rows = []
 
-    for w in [float(x) for x in args.weights.split(",")]:
+    def guided_row(kind, symbol, weight, eps, picture):
+        """Samples of every requested class with the guided eps, judged; a grid PNG; one row appended and printed."""
         t = time.time()
-        eps = model.guided_eps_hat_fn(params, jnp.asarray(labels), w)
-        samples = np.asarray(jax.jit(lambda k: _generate(model, eps, params, k, len(labels), args.steps, args.sampler))(jax.random.key(1)))
+        samples = np.asarray(jax.jit(lambda k: _generate(model, eps, params, k, len(labels), args.steps,
+                                                         args.sampler))(jax.random.key(1)))
         res = _judge(clf, samples, labels)
-        _grid(samples, labels, os.path.join(args.out, f"guidance_digits_cfg_w{w:g}.png"))
-        rows.append({"kind": "classifier-free", "weight": w, **res, "seconds": time.time() - t})
-        print(f"classifier-free w={w:g}: requested class {res['accuracy']:.3f} ± {res['stderr']:.3f} "
-              f"(worst class {res['min_class_accuracy']:.2f}), {time.time() - t:.0f} s", flush=True)
+        _grid(samples, labels, os.path.join(args.out, picture))
+        rows.append({"kind": kind, "weight": weight, **res, "seconds": time.time() - t})
+        print(f"{kind}{' guidance' if kind == 'classifier' else ''} {symbol}={weight:g}: requested class "
+              f"{res['accuracy']:.3f} ± {res['stderr']:.3f} (worst class {res['min_class_accuracy']:.2f}), "
+              f"{time.time() - t:.0f} s", flush=True)
+
+    for w in [float(x) for x in args.weights.split(",")]:
+        guided_row("classifier-free", "w", w, model.guided_eps_hat_fn(params, jnp.asarray(labels), w),
+                   f"guidance_digits_cfg_w{w:g}.png")
 
     scales = [float(x) for x in args.scales.split(",") if x]
     noisy_accuracy = {}
@@ -103,14 +109,8 @@ def main():
         print(f"noise-conditional classifier: test accuracy {noisy_accuracy} ({time.time() - t:.0f} s)", flush=True)
         log_prob = classifier.noisy_classifier_log_prob_fn(net, clf_params)
         for s in scales:
-            t = time.time()
             eps = guidance.classifier_guided_eps_hat_fn(model.eps_hat_fn(params), log_prob, jnp.asarray(labels), s)
-            samples = np.asarray(jax.jit(lambda k: _generate(model, eps, params, k, len(labels), args.steps, args.sampler))(jax.random.key(1)))
-            res = _judge(clf, samples, labels)
-            _grid(samples, labels, os.path.join(args.out, f"guidance_digits_classifier_s{s:g}.png"))
-            rows.append({"kind": "classifier", "weight": s, **res, "seconds": time.time() - t})
-            print(f"classifier guidance s={s:g}: requested class {res['accuracy']:.3f} ± {res['stderr']:.3f} "
-                  f"(worst class {res['min_class_accuracy']:.2f}), {time.time() - t:.0f} s", flush=True)
+            guided_row("classifier", "s", s, eps, f"guidance_digits_classifier_s{s:g}.png")
 
     summary = {"rows": rows, "real_test_digits_accuracy": real["accuracy"], "model_test_bpd": results["test_bpd"],
                "noisy_classifier_accuracy": noisy_accuracy, "samples_per_class": args.per_class,
