@@ -169,7 +169,8 @@ def validate(config) -> None:
     for key in ref:
         if key not in flat:
             raise ConfigError(f"config key '{key}' is missing (every config derives from {SCHEMA})")
-    for key, names in {**_CHOICES, **registries()}.items():
+    tables = registries()
+    for key, names in {**_CHOICES, **tables}.items():
         if flat[key] not in names:
             raise ConfigError(f"config key '{key}' = {flat[key]!r}; expected one of {list(names)}")
     for key in _POSITIVE:
@@ -198,8 +199,8 @@ def validate(config) -> None:
         raise ConfigError("config key 'model.class_conditional' needs 'data.num_classes' >= 1")
     if flat["model.fourier_features"] and not flat["model.fourier_start"] < flat["model.fourier_stop"]:
         raise ConfigError("config key 'model.fourier_start' must be < 'model.fourier_stop'")
-    weighting = registries()["loss.weighting"].lookup(flat["loss.weighting"])
-    learned = getattr(registries()["schedule.name"].lookup(flat["schedule.name"]), "learned", False)
+    weighting = tables["loss.weighting"][flat["loss.weighting"]]
+    learned = getattr(tables["schedule.name"][flat["schedule.name"]], "learned", False)
     adaptive = flat["schedule.name"] == "monotone_net" and flat["schedule.interior_objective"] == "variance"
     if flat["loss.weighting"] != "elbo" and learned and not adaptive:
         # Only the ELBO's gradient trains the endpoints (and, with interior_objective = 'elbo', the shape) sensibly:
@@ -216,7 +217,7 @@ def validate(config) -> None:
             raise ConfigError("config key 'schedule.interior_objective' = 'variance' needs 'schedule.name' = "
                               f"'monotone_net' (the only schedule with an interior shape), got {flat['schedule.name']!r}")
         if weighting.w is None or flat["loss.num_steps"] != 0:
-            table = registries()["loss.weighting"]
+            table = tables["loss.weighting"]
             of_lambda = ", ".join(n for n in table if table[n].w is not None)
             raise ConfigError("config key 'schedule.interior_objective' = 'variance' needs a continuous-time loss "
                               f"('loss.num_steps' = 0) whose weighting is a function of lambda alone ({of_lambda}), "
