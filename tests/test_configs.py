@@ -95,6 +95,14 @@ def test_config_starts(path, variant):
     validate(config)
     _trace_once(config)
     for point in module.get_sweep(variant) if hasattr(module, "get_sweep") else ():
+        validate(apply_overrides(config.copy_and_resolve_references(), point))
+
+
+@pytest.mark.slow  # ~45 model traces (3 s each on 2 cores); each point's keys are validated in the fast test above
+@pytest.mark.parametrize("path,variant", [c for c in _cases() if hasattr(load_config_module(c.values[0]), "get_sweep")])
+def test_every_sweep_point_starts(path, variant):
+    config = load_config_file(path, variant)
+    for point in load_config_module(path).get_sweep(variant):
         _trace_once(apply_overrides(config.copy_and_resolve_references(), point))
 
 

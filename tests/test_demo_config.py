@@ -4,6 +4,7 @@ import os
 
 import jax
 import numpy as np
+import pytest
 
 from conftest import ROOT
 
@@ -23,6 +24,7 @@ def test_demo_config_has_no_time_cap_and_a_fixed_step_count():
     assert config.eval.num_samples >= 1000  # the sample check's error is ~0.02 at 1000 samples
 
 
+@pytest.mark.slow  # two short runs of the demo network (~40 s on 2 cores)
 def test_two_short_runs_with_one_seed_give_identical_parameters(tmp_path):
     # in this process JAX runs 1 CPU device (the demo's 2 need `python -m vdm.main`); the sampler is irrelevant here
     short = {"training.num_steps": 3, "training.eval_every": 3, "training.log_every": 1, "checkpoint.every_steps": 3,
@@ -42,8 +44,6 @@ def test_two_short_runs_with_one_seed_give_identical_parameters(tmp_path):
 
 
 def test_a_device_count_jax_did_not_start_with_stops_the_run_naming_the_key(tmp_path):
-    import pytest
-
     from vdm.errors import ConfigError
 
     assert jax.local_device_count() == 1

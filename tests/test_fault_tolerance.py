@@ -159,6 +159,7 @@ def test_nan_step_stops_the_run_naming_the_step_and_keeps_the_good_checkpoint(tm
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
 
+@pytest.mark.slow  # a second tiny training run (~20 s); the NaN-stops-the-run test stays fast
 def test_nan_step_is_skipped_when_configured(tmp_path, monkeypatch):
     _nan_at_step(monkeypatch, 5)
     results = loop.train_and_evaluate(_tiny("skip"), str(tmp_path))

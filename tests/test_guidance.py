@@ -19,7 +19,7 @@ def _model(conditional=True):
     config = load_config_file(os.path.join(ROOT, "configs", "tiny.py"))
     config.model.class_conditional = conditional
     model = VDM.from_config(config)
-    params = model.init(jax.random.key(0))
+    params = jax.jit(model.init)(jax.random.key(0))
     # fresh output layers are zero (the net starts as eps_hat = z): perturb every weight so labels matter
     leaves, tree = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.key(1), len(leaves))
@@ -47,6 +47,7 @@ def test_classifier_free_guidance_needs_a_conditional_model():
         model.guided_eps_hat_fn(params, jnp.zeros(2, jnp.int32), 1.0)
 
 
+@pytest.mark.slow  # trains a noisy classifier on digits (~30 s on 2 cores)
 def test_noisy_classifier_learns_digits_and_degrades_with_noise():
     ds = data.load_dataset("digits")
     gamma_fn = lambda t: -8.0 + 13.0 * t  # noqa: E731

@@ -287,6 +287,7 @@ def test_a_bad_checkpoint_or_a_contradicting_override_stops_with_one_line_and_wr
 
 
 
+@pytest.mark.slow  # imports, evaluates and samples a whole workdir (~30 s on 2 cores); the mapping tests above stay fast
 def test_an_imported_workdir_evaluates_and_samples_without_config(tmp_path, capsys):
     """import_official (the command) writes a workdir; vdm.main --workdir=W alone evaluates and samples it.
 

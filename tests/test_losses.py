@@ -182,7 +182,7 @@ def variance_setup():
         "schedule.name": "monotone_net", "schedule.width": 16, "schedule.interior_objective": "variance",
         "model.dropout": 0.1})
     model = VDM.from_config(config)
-    params = model.init(jax.random.key(0))
+    params = jax.jit(model.init)(jax.random.key(0))  # one program: op by op, a first init compiles every op
     rng = np.random.default_rng(0)
     batch = {"images": rng.integers(0, 17, (8, 8, 8, 1)), "labels": np.zeros(8, np.int32)}
     return model, params, batch, jax.random.key(3)

@@ -392,6 +392,7 @@ def test_adaptive_schedule_keeps_the_mean_and_reaches_the_minimum_variance():
     assert after.var() < 1.5 * least_variance, (before.var() / least_variance, after.var() / least_variance)
 
 
+@pytest.mark.slow  # ~40 s on 2 cores; the closed-form test above and the ELBO brute force (test_losses) stay fast
 def test_adaptive_schedule_trains_the_network_on_l_w_and_the_interior_on_its_square():
     """The trainer's path (`VDM.loss_and_grads`): network gradient of mean(L_w), interior gradient of mean(L_w^2)
     (brute force through the whole model), endpoints zero."""
@@ -402,7 +403,7 @@ def test_adaptive_schedule_trains_the_network_on_l_w_and_the_interior_on_its_squ
         "schedule.name": "monotone_net", "schedule.width": 16, "schedule.interior_objective": "variance",
         "loss.weighting": "sigmoid", "loss.weighting_bias": 2.0, "model.dropout": 0.1})
     model = VDM.from_config(config)
-    params = model.init(jax.random.key(0))
+    params = jax.jit(model.init)(jax.random.key(0))
     batch = {"images": np.random.default_rng(0).integers(0, 17, (8, 8, 8, 1)), "labels": np.zeros(8, np.int32)}
     key = jax.random.key(3)
     noise = L.elbo_noise(model._split(key)[0], batch["images"].shape)
