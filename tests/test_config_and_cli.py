@@ -101,11 +101,11 @@ def test_cli_tiny_run_writes_every_output(tmp_path, capsys):
     assert abs(res["test_bpd"] - (res["test_bpd_prior"] + res["test_bpd_reconstruction"] + res["test_bpd_diffusion"])) < 1e-4
 
 
-def _copy_of(finished_tiny_run, tmp_path) -> str:
+def _copy_of(finished_tiny_run, tmp_path):
     """A copy of the tiny run every test process trains once (the modes below write into their workdir)."""
     import shutil
 
-    return shutil.copytree(finished_tiny_run[1], tmp_path / "run")
+    return shutil.copytree(finished_tiny_run[1], tmp_path / "run")  # the Path tmp_path / "run"
 
 
 # The eval, sample and likelihood modes restore a finished run's checkpoint. They run in this process: the CLI
@@ -118,7 +118,7 @@ def test_eval_and_sample_modes_restore_the_checkpoint(finished_tiny_run, tmp_pat
     out = main_in_process([f"--config={tiny}", f"--workdir={workdir}", "--mode=sample", "--sampler=ddim", "--steps=4"],
                            capsys)
     assert "DDIM, eta = 0 (deterministic), T = 4: 16 samples" in out
-    samples = __import__("numpy").load(os.path.join(workdir, "samples_ddim.npz"))["samples"]
+    samples = __import__("numpy").load(workdir / "samples_ddim.npz")["samples"]
     assert samples.shape == (16, 8, 8, 1) and samples.min() >= 0 and samples.max() <= 16
 
 
@@ -128,7 +128,7 @@ def test_likelihood_mode_restores_the_checkpoint(finished_tiny_run, tmp_path, ca
     tiny = os.path.join(ROOT, "configs", "tiny.py")
     out = main_in_process([f"--config={tiny}", f"--workdir={workdir}", "--mode=likelihood", "--max_examples=8"], capsys)
     assert "ELBO" in out and "variational dequant." in out and "uniform     dequant." in out
-    lik = json.loads(open(os.path.join(workdir, "likelihood.json")).read())
+    lik = json.loads((workdir / "likelihood.json").read_text())
     assert lik["num_examples"] == 8 and lik["ode_bpd_variational"] > 0 and lik["ode_bpd_uniform_stderr"] > 0
     assert "log q(z_0|x)" in lik["ode_variational_dequantization"] and "2/V" in lik["ode_uniform_dequantization"]
 
