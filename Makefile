@@ -24,10 +24,10 @@ $(STAMP): pyproject.toml constraints.txt
 # The fast suite (a few minutes on 2 cores); test-all adds the tests marked slow (training processes that are
 # killed and resumed, several processes or devices, sweeps, a wheel install): what .ci/run runs.
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 -m "not slow" tests
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" tests
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 # Trains configs/digits.py (~10 min on 2 cores), evaluates test bits/dim with the EMA
 # parameters, writes samples, and checks that the samples are digits. Interrupted, the

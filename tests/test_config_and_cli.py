@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import main_in_process
+from conftest import LIGHT_EVAL, main_in_process
 from vdm.config.validation import ConfigError, apply_overrides, load_config_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,8 +70,10 @@ def test_cli_config_error_is_one_line():
 
 def test_cli_tiny_run_writes_every_output(tmp_path, capsys):
     workdir = tmp_path / "run"
+    # the evaluation of finished_tiny_run (LIGHT_EVAL) but at step 4 too: the same compiled programs
+    light = [f"--config.{k}={v}" for k, v in LIGHT_EVAL.items() if k != "training.eval_every"]
     # a fresh data dir: the bundled digits are built first, which must not show on the console
-    proc = _run_cli(["--config=configs/tiny.py", f"--workdir={workdir}", "--config.training.seed=3"],
+    proc = _run_cli(["--config=configs/tiny.py", f"--workdir={workdir}", "--config.training.seed=3", *light],
                     TFDS_DATA_DIR=str(tmp_path / "tfds"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert os.path.isdir(tmp_path / "tfds" / "vdm_digits")

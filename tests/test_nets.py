@@ -50,8 +50,8 @@ def test_fourier_features_shape_and_alignment():
 def test_unet_shapes_identity_at_init_and_labels():
     net = ScoreUNet(channels=8, num_blocks=2, out_channels=3, dropout=0.1, num_classes=10, attention_per_block=True)
     z = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
-    params = net.init(jax.random.key(1), z, jnp.zeros(2))
-    out = net.apply(params, z, jnp.array([-3.0, 2.0]), labels=jnp.array([1, 10]))
+    params = jax.jit(net.init)(jax.random.key(1), z, jnp.zeros(2))  # one program each, not op by op
+    out = jax.jit(net.apply)(params, z, jnp.array([-3.0, 2.0]), labels=jnp.array([1, 10]))
     assert out.shape == z.shape
     np.testing.assert_allclose(out, z, atol=1e-6)  # zero-initialised output conv + base measure
     assert "label_embedding" in params["params"]
@@ -62,7 +62,7 @@ def test_scan_and_loop_compute_the_same_function():
     kwargs = dict(channels=8, num_blocks=3, out_channels=1, dropout=0.0)
     scan, loop = ScoreUNet(scan_blocks=True, **kwargs), ScoreUNet(scan_blocks=False, **kwargs)
     z = jax.random.normal(jax.random.key(0), (2, 5, 5, 1))
-    p_scan = scan.init(jax.random.key(1), z, jnp.zeros(2))["params"]
+    p_scan = jax.jit(scan.init)(jax.random.key(1), z, jnp.zeros(2))["params"]
     # perturb the zero-initialised layers so the comparison is not trivial
     leaves, tree = jax.tree.flatten(p_scan)
     keys = jax.random.split(jax.random.key(2), len(leaves))
@@ -73,7 +73,7 @@ def test_scan_and_loop_compute_the_same_function():
             p_loop[f"{stack}_{i}"] = jax.tree.map(lambda a: a[i], p_scan[stack])
     g = jnp.array([-5.0, 1.0])
     np.testing.assert_allclose(
-        scan.apply({"params": p_scan}, z, g), loop.apply({"params": p_loop}, z, g), rtol=1e-4, atol=1e-5
+        jax.jit(scan.apply)({"params": p_scan}, z, g), jax.jit(loop.apply)({"params": p_loop}, z, g), rtol=1e-4, atol=1e-5
     )
 
 
@@ -85,11 +85,12 @@ def test_time_and_label_conditioning_reach_the_output(channels):
     net = ScoreUNet(channels=channels, num_blocks=1, out_channels=1, gamma_min=-8.0, gamma_max=5.0, num_classes=10,
                     fourier=None, scan_blocks=False)
     z = jax.random.normal(jax.random.key(0), (2, 8, 8, 1))
-    params = net.init(jax.random.key(1), z, jnp.zeros(2))["params"]
+    params = jax.jit(net.init)(jax.random.key(1), z, jnp.zeros(2))["params"]
     leaves, tree = jax.tree.flatten(params)  # fresh output layers are zero: perturb every weight
     keys = jax.random.split(jax.random.key(2), len(leaves))
     params = jax.tree.unflatten(tree, [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
-    out = lambda gamma, label: net.apply({"params": params}, z, jnp.full(2, gamma), None, jnp.full(2, label))  # noqa: E731
+    apply = jax.jit(net.apply)
+    out = lambda gamma, label: apply({"params": params}, z, jnp.full(2, gamma), None, jnp.full(2, label))  # noqa: E731
     scale = float(jnp.max(jnp.abs(out(0.0, 0))))
     assert float(jnp.max(jnp.abs(out(-4.0, 0) - out(2.0, 0)))) > 1e-2 * scale
     assert float(jnp.max(jnp.abs(out(0.0, 0) - out(0.0, 7)))) > 1e-2 * scale
@@ -109,8 +110,8 @@ def test_fast_group_norm_is_flax_group_norm():
     assert jax.tree.structure(fast.init(jax.random.key(1), x)) == jax.tree.structure(params)
     np.testing.assert_allclose(fast.apply(params, x), ref.apply(params, x), rtol=2e-5, atol=2e-5)
     loss = lambda m: lambda p, x: jnp.sum(jnp.sin(m.apply(p, x)))  # noqa: E731
-    g_fast = jax.grad(loss(fast), argnums=(0, 1))(params, x)
-    g_ref = jax.grad(loss(ref), argnums=(0, 1))(params, x)
+    g_fast = jax.jit(jax.grad(loss(fast), argnums=(0, 1)))(params, x)
+    g_ref = jax.jit(jax.grad(loss(ref), argnums=(0, 1)))(params, x)
     for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_ref)):
         assert float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b)) < 1e-5
     # each group normalised to mean 0, variance 1 (scale 1, bias 0)
@@ -128,12 +129,12 @@ def test_fast_attention_over_query_blocks_is_plain_attention():
     x = jax.random.normal(jax.random.key(0), (2, 16, 16, 8))
     plain = AttnBlock()
     fast = AttnBlock(Ops("cpu", attention=functools.partial(cpu_attention, query_block=64)))
-    params = plain.init(jax.random.key(1), x)
+    params = jax.jit(plain.init)(jax.random.key(1), x)
     params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.key(2), p.shape), params)
-    np.testing.assert_allclose(fast.apply(params, x), plain.apply(params, x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(jax.jit(fast.apply)(params, x), jax.jit(plain.apply)(params, x), rtol=1e-5, atol=1e-5)
     loss = lambda m: lambda p, x: jnp.sum(jnp.sin(m.apply(p, x)))  # noqa: E731
-    g_fast = jax.grad(loss(fast), argnums=(0, 1))(params, x)
-    g_plain = jax.grad(loss(plain), argnums=(0, 1))(params, x)
+    g_fast = jax.jit(jax.grad(loss(fast), argnums=(0, 1)))(params, x)
+    g_plain = jax.jit(jax.grad(loss(plain), argnums=(0, 1)))(params, x)
     # over the whole tree: the key bias's gradient is zero in exact arithmetic (softmax ignores a per-row shift)
     num = sum(float(jnp.sum((a - b) ** 2)) for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_plain)))
     assert (num / sum(float(jnp.sum(b**2)) for b in jax.tree.leaves(g_plain))) ** 0.5 < 1e-5

@@ -23,9 +23,19 @@ def tiny():
     return config, model, data.load_dataset("digits")
 
 
-def fresh_state(model, tx):
-    """create_train_state as one compiled program (op by op, a first init compiles every op: ~3x longer)."""
-    return jax.jit(lambda k: create_train_state(model, tx, k))(jax.random.key(0))
+@pytest.fixture(scope="module")
+def tiny_training(tiny):
+    """(tx, fresh_state(), train_step) of the tiny config's optimizer, EMA decay 0.99: one compiled program each,
+    shared by the tests below that train with it."""
+    config, model, _ = tiny
+    tx, lr = optim.make_optimizer(config.optim, 100)
+    return tx, fresh_state_fn(model, tx), make_train_step(model, tx, lr, 0.99)
+
+
+def fresh_state_fn(model, tx):
+    """() -> create_train_state as one compiled program (op by op, a first init compiles every op: ~3x longer)."""
+    init = jax.jit(lambda k: create_train_state(model, tx, k))
+    return lambda: init(jax.random.key(0))
 
 
 _SOURCE = {}
@@ -40,14 +50,10 @@ def train_batches(batch_size, first, num, seed=0):
     return {k: np.stack([b[k] for b in items]) for k in items[0]}
 
 
-def test_a_few_train_steps_lower_the_loss(tiny):
+def test_a_few_train_steps_lower_the_loss(tiny, tiny_training):
     config, model, ds = tiny
-    config = config.copy_and_resolve_references()
-    config.optim.learning_rate = 3e-3
-    config.optim.warmup_steps = 0
-    tx, lr = optim.make_optimizer(config.optim, 100)
-    state = fresh_state(model, tx)
-    step = make_train_step(model, tx, lr, 0.999)
+    _, fresh_state, step = tiny_training
+    state = fresh_state()
     eval_step = make_eval_step(model)
     batch = jax.tree.map(lambda b: b[0], train_batches(64, 0, 1))
     key = jax.random.key(5)
@@ -57,21 +63,19 @@ def test_a_few_train_steps_lower_the_loss(tiny):
 
     before = held_fixed_loss(state.params)
     for i in range(25):
-        state, metrics = step(state, train_batches(64, i, 1), jax.random.key(1))
+        state, metrics = step(state, train_batches(16, i, 1), jax.random.key(1))
     after = held_fixed_loss(state.params)
     assert int(state.step) == 25
     assert after < 0.8 * before, (before, after)
     assert all(np.isfinite(np.asarray(v)).all() for v in metrics.values())
 
 
-def test_several_steps_per_call_equal_single_steps(tiny):
-    config, model, ds = tiny
-    tx, lr = optim.make_optimizer(config.optim, 100)
-    step = make_train_step(model, tx, lr, 0.99)
-    s1 = fresh_state(model, tx)
+def test_several_steps_per_call_equal_single_steps(tiny_training):
+    _, fresh_state, step = tiny_training
+    s1 = fresh_state()
     for i in range(2):
         s1, _ = step(s1, train_batches(16, i, 1), jax.random.key(1))
-    s2 = fresh_state(model, tx)
+    s2 = fresh_state()
     s2, m = step(s2, train_batches(16, 0, 2), jax.random.key(1))
     assert m["loss"].shape == (2,)
     for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):
@@ -95,12 +99,10 @@ def test_ema_update_formula_and_warmup():
     np.testing.assert_allclose(new["w"], [0.9 * 1 + 0.1 * 3, 0.9 * 2], rtol=1e-6)
 
 
-def test_ema_inside_train_step(tiny):
-    config, model, ds = tiny
-    tx, lr = optim.make_optimizer(config.optim, 100)
-    state = fresh_state(model, tx)
+def test_ema_inside_train_step(tiny_training):
+    _, fresh_state, step = tiny_training
+    state = fresh_state()
     old_ema = jax.tree.map(np.asarray, state.ema_params)
-    step = make_train_step(model, tx, lr, 0.99)  # the program of the test above: compiled once
     state, _ = step(state, train_batches(16, 0, 1), jax.random.key(1))
     d = 2 / 11  # warmed-up decay after the first update: min(0.99, (1 + 1) / (10 + 1))
     for e, o, p in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(old_ema), jax.tree.leaves(state.params)):
@@ -135,7 +137,7 @@ def test_gradient_accumulation_updates_once_per_k_micro_batches(tiny):
     cfg.accumulate_steps = 2
     cfg.warmup_steps = 0
     tx, lr = optim.make_optimizer(cfg, 100)
-    state = fresh_state(model, tx)
+    state = fresh_state_fn(model, tx)()
     step = make_train_step(model, tx, lr, 0.99)
     p0 = jax.tree.map(np.asarray, state.params)
     state, _ = step(state, train_batches(16, 0, 1), jax.random.key(1))
@@ -174,8 +176,8 @@ def test_metrics_reach_the_host_once_per_log_line(tmp_path, monkeypatch):
     from conftest import tiny_config
     from vdm.training import distributed, loop
 
-    config = tiny_config(training__num_steps=8, training__steps_per_call=1, training__log_every=4,
-                         checkpoint__every_steps=8)
+    # the tiny run's 2 steps per call (the train step of finished_tiny_run: a cached program), a log line every 4
+    config = tiny_config(training__num_steps=8, training__log_every=4, checkpoint__every_steps=8)
     events, inside = [], [False]
     real_to_host, real_call, real_fetch = distributed.to_host, loop._Training.train_call, loop._Training.host_metrics
 
