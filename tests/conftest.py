@@ -38,7 +38,7 @@ def tiny_config(**overrides):
 
 
 @pytest.fixture(scope="session")
-def finished_tiny_run(tmp_path_factory, worker_id):
+def finished_tiny_run(tmp_path_factory):
     """(config, workdir) of a finished tiny run (8 steps), trained once per test session: under pytest-xdist the
     first worker that needs it trains it while holding a lock and the others read it (its compiled programs are
     those of the CLI run in tests/test_config_and_cli.py, which the compilation cache holds)."""
@@ -47,7 +47,7 @@ def finished_tiny_run(tmp_path_factory, worker_id):
     from vdm.training import loop
 
     config = tiny_config()
-    if worker_id == "master":  # one process
+    if not os.environ.get("PYTEST_XDIST_WORKER"):  # one process
         workdir = str(tmp_path_factory.mktemp("finished_tiny_run"))
         loop.train_and_evaluate(config, workdir)
         return config, workdir
@@ -55,7 +55,7 @@ def finished_tiny_run(tmp_path_factory, worker_id):
     workdir = shared / "finished_tiny_run"
     with open(shared / "finished_tiny_run.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (workdir / "results.json").exists():  # written last: a run that stopped early is trained again
+        if not (workdir / "results.json").exists():  # written last: a run that stopped early is resumed
             loop.train_and_evaluate(config, str(workdir))
     return config, str(workdir)
 
