@@ -38,26 +38,36 @@ def tiny_config(**overrides):
 
 
 @pytest.fixture(scope="session")
-def finished_tiny_run(tmp_path_factory):
+def finished_tiny_run(tmp_path_factory, worker_id):
     """(config, workdir) of a finished tiny run (8 steps), trained once per test session: under pytest-xdist the
-    first worker that needs it trains it while holding a lock and the others read it (its compiled programs are
-    those of the CLI run in tests/test_config_and_cli.py, which the compilation cache holds)."""
+    first worker that needs it trains it while holding a lock in the session's directory (xdist gives each worker
+    a base temp dir inside it) and the others read it. Read it only; a test that writes into a run (a mode, a
+    rerun) works on `copy_of_tiny_run`. Its compiled programs are those of the CLI run in
+    tests/test_config_and_cli.py, which the compilation cache holds."""
     import fcntl
 
     from vdm.training import loop
 
     config = tiny_config()
-    if not os.environ.get("PYTEST_XDIST_WORKER"):  # one process
+    if worker_id == "master":  # one process
         workdir = str(tmp_path_factory.mktemp("finished_tiny_run"))
         loop.train_and_evaluate(config, workdir)
         return config, workdir
     shared = tmp_path_factory.getbasetemp().parent  # this session's directory, above every worker's own
-    workdir = shared / "finished_tiny_run"
+    workdir, done = shared / "finished_tiny_run", shared / "finished_tiny_run.done"
     with open(shared / "finished_tiny_run.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (workdir / "results.json").exists():  # written last: a run that stopped early is resumed
+        if not done.exists():  # a run that stopped early is resumed
             loop.train_and_evaluate(config, str(workdir))
+            done.touch()
     return config, str(workdir)
+
+
+def copy_of_tiny_run(finished_tiny_run, tmp_path):
+    """A copy of finished_tiny_run's workdir (the Path tmp_path / "run"), for a test that writes into it."""
+    import shutil
+
+    return shutil.copytree(finished_tiny_run[1], tmp_path / "run")
 
 
 def main_in_process(args, capsys) -> str:

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import LIGHT_EVAL, main_in_process
+from conftest import LIGHT_EVAL, copy_of_tiny_run, main_in_process
 from vdm.config.validation import ConfigError, apply_overrides, load_config_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,8 +70,9 @@ def test_cli_config_error_is_one_line():
 
 def test_cli_tiny_run_writes_every_output(tmp_path, capsys):
     workdir = tmp_path / "run"
-    # the evaluation of finished_tiny_run (LIGHT_EVAL) but at step 4 too: the same compiled programs
-    light = [f"--config.{k}={v}" for k, v in LIGHT_EVAL.items() if k != "training.eval_every"]
+    # finished_tiny_run's compiled evaluation (LIGHT_EVAL's sample count and steps), at step 4 too and repeated
+    # twice (the Monte-Carlo error of results.json): the same programs, which the compilation cache then holds
+    light = [f"--config.{k}={v}" for k, v in LIGHT_EVAL.items() if k in ("eval.num_samples", "eval.sampler_steps")]
     # a fresh data dir: the bundled digits are built first, which must not show on the console
     proc = _run_cli(["--config=configs/tiny.py", f"--workdir={workdir}", "--config.training.seed=3", *light],
                     TFDS_DATA_DIR=str(tmp_path / "tfds"))
@@ -103,17 +104,10 @@ def test_cli_tiny_run_writes_every_output(tmp_path, capsys):
     assert abs(res["test_bpd"] - (res["test_bpd_prior"] + res["test_bpd_reconstruction"] + res["test_bpd_diffusion"])) < 1e-4
 
 
-def _copy_of(finished_tiny_run, tmp_path):
-    """A copy of the tiny run every test process trains once (the modes below write into their workdir)."""
-    import shutil
-
-    return shutil.copytree(finished_tiny_run[1], tmp_path / "run")  # the Path tmp_path / "run"
-
-
 # The eval, sample and likelihood modes restore a finished run's checkpoint. They run in this process: the CLI
 # path itself (exit codes, console) is what the subprocess above covers.
 def test_eval_and_sample_modes_restore_the_checkpoint(finished_tiny_run, tmp_path, capsys):
-    workdir = _copy_of(finished_tiny_run, tmp_path)
+    workdir = copy_of_tiny_run(finished_tiny_run, tmp_path)
     tiny = os.path.join(ROOT, "configs", "tiny.py")
     out = main_in_process([f"--config={tiny}", f"--workdir={workdir}", "--mode=eval"], capsys)
     assert out.strip().splitlines()[-1].startswith("test_bpd="), out
@@ -126,7 +120,7 @@ def test_eval_and_sample_modes_restore_the_checkpoint(finished_tiny_run, tmp_pat
 
 @pytest.mark.slow  # compiles the ODE likelihood of a network with its divergence (~40 s on 2 cores)
 def test_likelihood_mode_restores_the_checkpoint(finished_tiny_run, tmp_path, capsys):
-    workdir = _copy_of(finished_tiny_run, tmp_path)
+    workdir = copy_of_tiny_run(finished_tiny_run, tmp_path)
     tiny = os.path.join(ROOT, "configs", "tiny.py")
     out = main_in_process([f"--config={tiny}", f"--workdir={workdir}", "--mode=likelihood", "--max_examples=8"], capsys)
     assert "ELBO" in out and "variational dequant." in out and "uniform     dequant." in out

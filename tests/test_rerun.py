@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from conftest import LIGHT_EVAL, ROOT, tiny_config
+from conftest import LIGHT_EVAL, ROOT, copy_of_tiny_run, tiny_config
 
 from vdm.training import loop, workdirs
 
@@ -20,8 +20,8 @@ def _snapshot(workdir):
     return {name: open(os.path.join(workdir, name), "rb").read() for name in ("config.json", "results.json")}
 
 
-def test_rerun_with_another_channel_count_exits_1_naming_the_key_and_writes_nothing(finished_tiny_run):
-    _, workdir = finished_tiny_run
+def test_rerun_with_another_channel_count_exits_1_naming_the_key_and_writes_nothing(finished_tiny_run, tmp_path):
+    workdir = str(copy_of_tiny_run(finished_tiny_run, tmp_path))  # a rerun checks that it can write there
     before = _snapshot(workdir)
     proc = _cli(workdir, "--config.model.channels=16")
     assert proc.returncode == 1, proc.stderr[-2000:]
@@ -32,8 +32,8 @@ def test_rerun_with_another_channel_count_exits_1_naming_the_key_and_writes_noth
     assert _snapshot(workdir) == before
 
 
-def test_rerun_with_the_same_config_reports_the_stored_result(finished_tiny_run, capsys):
-    config, workdir = finished_tiny_run
+def test_rerun_with_the_same_config_reports_the_stored_result(finished_tiny_run, tmp_path, capsys):
+    config, workdir = finished_tiny_run[0], str(copy_of_tiny_run(finished_tiny_run, tmp_path))
     stored = json.load(open(os.path.join(workdir, "results.json")))
     again = config.copy_and_resolve_references()
     again.training.max_seconds = 123.0  # keys that do not change what is computed may differ

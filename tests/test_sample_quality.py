@@ -5,14 +5,14 @@ import os
 
 import pytest
 
-from conftest import ROOT, main_in_process
+from conftest import ROOT, copy_of_tiny_run, main_in_process
 from vdm.errors import ConfigError
 
 TINY = os.path.join(ROOT, "configs", "tiny.py")
 
 
-def test_sample_quality_mode_prints_the_table_and_writes_json(finished_tiny_run, capsys):
-    _, workdir = finished_tiny_run
+def test_sample_quality_mode_prints_the_table_and_writes_json(finished_tiny_run, tmp_path, capsys):
+    workdir = str(copy_of_tiny_run(finished_tiny_run, tmp_path))  # the mode writes sample_quality.json there
     out = main_in_process([f"--config={TINY}", f"--workdir={workdir}", "--mode=sample_quality",
                             "--sampler=dpm_solver_pp_2m,ode", "--steps=4,1"], capsys)
     assert "| sampler | NFE | FD | KID ± s.e. | digit-check ratio | seconds |" in out, out

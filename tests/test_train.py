@@ -176,8 +176,8 @@ def test_metrics_reach_the_host_once_per_log_line(tmp_path, monkeypatch):
     from conftest import tiny_config
     from vdm.training import distributed, loop
 
-    # the tiny run's 2 steps per call (the train step of finished_tiny_run: a cached program), a log line every 4
-    config = tiny_config(training__num_steps=8, training__log_every=4, checkpoint__every_steps=8)
+    config = tiny_config(training__num_steps=8, training__steps_per_call=1, training__log_every=4,
+                         checkpoint__every_steps=8)
     events, inside = [], [False]
     real_to_host, real_call, real_fetch = distributed.to_host, loop._Training.train_call, loop._Training.host_metrics
 
