@@ -25,11 +25,11 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def tiny_training(tiny):
-    """(tx, fresh_state(), train_step) of the tiny config's optimizer, EMA decay 0.99: one compiled program each,
+    """(fresh_state(), train_step) of the tiny config's optimizer, EMA decay 0.99: one compiled program each,
     shared by the tests below that train with it."""
     config, model, _ = tiny
     tx, lr = optim.make_optimizer(config.optim, 100)
-    return tx, fresh_state_fn(model, tx), make_train_step(model, tx, lr, 0.99)
+    return fresh_state_fn(model, tx), make_train_step(model, tx, lr, 0.99)
 
 
 def fresh_state_fn(model, tx):
@@ -52,7 +52,7 @@ def train_batches(batch_size, first, num, seed=0):
 
 def test_a_few_train_steps_lower_the_loss(tiny, tiny_training):
     config, model, ds = tiny
-    _, fresh_state, step = tiny_training
+    fresh_state, step = tiny_training
     state = fresh_state()
     eval_step = make_eval_step(model)
     batch = jax.tree.map(lambda b: b[0], train_batches(64, 0, 1))
@@ -71,7 +71,7 @@ def test_a_few_train_steps_lower_the_loss(tiny, tiny_training):
 
 
 def test_several_steps_per_call_equal_single_steps(tiny_training):
-    _, fresh_state, step = tiny_training
+    fresh_state, step = tiny_training
     s1 = fresh_state()
     for i in range(2):
         s1, _ = step(s1, train_batches(16, i, 1), jax.random.key(1))
@@ -100,7 +100,7 @@ def test_ema_update_formula_and_warmup():
 
 
 def test_ema_inside_train_step(tiny_training):
-    _, fresh_state, step = tiny_training
+    fresh_state, step = tiny_training
     state = fresh_state()
     old_ema = jax.tree.map(np.asarray, state.ema_params)
     state, _ = step(state, train_batches(16, 0, 1), jax.random.key(1))
