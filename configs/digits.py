@@ -69,7 +69,6 @@ def get_config(arg=None):
     c.cpu.devices = 2  # on a CPU backend, 2 data-parallel devices: ~1.4x the steps per second of one on 2 cores
 
     c.eval.batch_size = 298  # the 297 test digits in one batch (padded to split over 2 devices)
-    c.eval.num_repeats = 4
     # Predictor-corrector, 200 levels (399 network calls): on one 3500-step model of an earlier form of this config
     # the sample check's confidence ratio was 0.99 / 1.01 (two sampling seeds), against 0.90 / 0.86 for ancestral
     # T = 100 and 0.92 / 0.86 for ancestral T = 400 (docs/results.md, 2026-12-01).

@@ -30,7 +30,8 @@ def parse_args(name: str, doc: str, variant: str, extra=None):
     parser.add_argument("--parallel", type=int, default=2, help="sweep points trained at the same time")
     parser.add_argument("--slurm", help="paper size: write a SLURM array job here and stop")
     parser.add_argument("--results", default=RESULTS, help="where <name>.md / .png / .json go")
-    parser.add_argument("--eval_repeats", type=int, default=16, help="Monte-Carlo passes when re-evaluating")
+    parser.add_argument("--eval_repeats", type=int, default=0,
+                        help="repeats of the evaluation estimator when re-evaluating (0: the config's eval.num_repeats)")
     if extra:
         extra(parser)
     args = parser.parse_args()
@@ -56,12 +57,22 @@ def run_sweep(config_arg, points, root, parallel):
                                                 "gamma_1"))
 
 
-def reevaluate(rows, points, root, repeats: int):
-    """Test bpd of every point's EMA parameters again, `repeats` passes, the same evaluation key for all points.
+def estimator_of(config, repeats: int = 0):
+    """The config's evaluation estimator (`vdm.core.elbo_estimator.ElboEstimator`), with `repeats` if > 0."""
+    import dataclasses
 
-    The same key gives every model the same noise and times (common random
-    numbers), so differences between settings are measured more precisely than
-    the absolute values. Updates rows in place (test_bpd, test_bpd_stderr).
+    from vdm.core.elbo_estimator import ElboEstimator
+
+    estimator = ElboEstimator.from_config(config.eval)
+    return dataclasses.replace(estimator, repeats=repeats) if repeats else estimator
+
+
+def reevaluate(rows, points, root, repeats: int = 0):
+    """Test bpd of every point's EMA parameters again with the evaluation estimator, the same key for all points.
+
+    The same key gives every model the same per-example noise and times (common random numbers), so
+    differences between settings are measured more precisely than the absolute values. Updates rows in
+    place (test_bpd, test_bpd_stderr, test_bpd_mc_stderr, estimator); repeats: 0 = the config's.
     """
     import jax
 
@@ -76,8 +87,12 @@ def reevaluate(rows, points, root, repeats: int):
         name = config.data.name
         if name not in splits:
             splits[name] = data.load_dataset(name, config.data.data_dir or None).test
-        res = evaluate(make_eval_step(model), params, splits[name], config.eval.batch_size, jax.random.key(0), repeats)
+        estimator = estimator_of(config, repeats)
+        res = evaluate(make_eval_step(model, estimator=estimator), params, splits[name], config.eval.batch_size,
+                       jax.random.key(0), estimator.repeats)
         row["test_bpd"], row["test_bpd_stderr"] = res["bpd"], res["bpd_stderr"]
+        row["test_bpd_mc_stderr"] = res.get("bpd_mc_stderr")
+        row["estimator"] = estimator.describe(model.num_steps)
         print(f"re-evaluated {sweep.point_name(point)}: {fmt(res['bpd'], res['bpd_stderr'])}", flush=True)
     return rows
 
@@ -115,8 +130,8 @@ def resolved(a, b) -> str:
     return "resolved" if abs(ma - mb) > sa + sb else "unresolved"
 
 
-EVAL_NOTE = ("Test bits/dim of the EMA parameters, {repeats} Monte-Carlo passes over the test split with the same "
-             "evaluation noise for every run.")
+EVAL_NOTE = ("Test bits/dim of the EMA parameters ({estimator}), the same per-example draws for every run (common "
+             "random numbers).")
 
 
 def difference_table(rows, key, values, stats, label=str) -> list[str]:
@@ -195,7 +210,7 @@ def compare_settings(args, name: str, title: str, command: str, config_arg: str,
     stats = by_setting(rows, key)
     values = list(stats)
     lines = [f"# {title}", "", f"Command: `{command}{'' if args.size == 'small' else ' --size=paper'}`", "",
-             f"Config `{config_arg}`. {description} {EVAL_NOTE.format(repeats=args.eval_repeats)} Mean ± standard "
+             f"Config `{config_arg}`. {description} {EVAL_NOTE.format(estimator=rows[0]['estimator'])} Mean ± standard "
              f"error over {len(rows) // len(stats)} seeds.", "",
              f"| {key} | test bpd | per seed | steps |", "|---|---|---|---|"]
     for v in values:

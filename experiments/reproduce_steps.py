@@ -39,10 +39,11 @@ def label(T) -> str:
 def evaluate_L_T(workdir, repeats: int):
     config, model, params = workdirs.load_run(workdir)
     test = data.load_dataset(config.data.name, config.data.data_dir or None).test
+    estimator = rc.estimator_of(config, repeats)
     out = {}
     for T in EVAL_T:
-        step = make_eval_step(dataclasses.replace(model, num_steps=T))
-        res = evaluate(step, params, test, config.eval.batch_size, jax.random.key(0), repeats)
+        step = make_eval_step(dataclasses.replace(model, num_steps=T), estimator=estimator)
+        res = evaluate(step, params, test, config.eval.batch_size, jax.random.key(0), estimator.repeats)
         out[T] = (res["bpd"], res["bpd_stderr"], res["bpd_diffusion"])
         print(f"L_T of the continuous model, T={label(T)}: {rc.fmt(*out[T][:2])}", flush=True)
     return out
@@ -50,7 +51,7 @@ def evaluate_L_T(workdir, repeats: int):
 
 def main():
     args, config_arg, points, root = rc.parse_args(
-        "steps", __doc__, "steps", lambda p: p.add_argument("--lt_repeats", type=int, default=32))
+        "steps", __doc__, "steps", lambda p: p.add_argument("--lt_repeats", type=int, default=0))
     rows = rc.reevaluate(rc.run_sweep(config_arg, points, root, args.parallel), points, root, args.eval_repeats)
     stats = rc.by_setting(rows, "loss.num_steps")
     order = [T for T in (10, 100, 1000, 0) if T in stats]
@@ -60,7 +61,7 @@ def main():
         f"Command: `python -m experiments.reproduce_steps{'' if args.size == 'small' else ' --size=paper'}`",
         "",
         f"Config `{config_arg}`, {len(rows) // len(stats)} seeds per T, equal step budgets "
-        f"({int(stats[order[0]][3])} steps). {rc.EVAL_NOTE.format(repeats=args.eval_repeats)} Mean ± standard "
+        f"({int(stats[order[0]][3])} steps). {rc.EVAL_NOTE.format(estimator=rows[0]['estimator'])} Mean ± standard "
         "error over seeds; the seed also fixes initialisation and data order, shared across T.",
         "",
         "| trained with T | test bpd | per seed |",
@@ -77,7 +78,8 @@ def main():
     lines += [
         "",
         f"L_T of one model trained in continuous time (`{sweep.point_name(continuous)}`), evaluated with T steps; "
-        f"{args.lt_repeats} Monte-Carlo passes over the test split, the same noise and times for every T "
+        "the evaluation estimator with T steps (every step once where T <= eval.points_per_example, else that many "
+        "stratified steps per example), the same per-example draws for every T "
         "(so the differences between rows are much more precise than the ± on each):",
         "",
         "| evaluated with T | test bpd (ELBO) | diffusion term |",

@@ -95,7 +95,7 @@ def main():
         "",
         f"Config `{config_arg}`: 16 channels × 2 blocks, the fixed α-cosine schedule on [−8, 5] (the demo's), "
         f"{rows[0]['steps']} steps, the same data order and initialisation per training seed; only `loss.weighting` "
-        f"differs. {rc.EVAL_NOTE.format(repeats=args.eval_repeats)} Samples: 1000 from the EMA parameters, "
+        f"differs. {rc.EVAL_NOTE.format(estimator=bpd_rows[0]['estimator'])} Samples: 1000 from the EMA parameters, "
         f"DPM-Solver++ 2M at {NFE} network evaluations, the same sampling key for every run; FD-digits and "
         "KID-digits against the 297 test digits, the digit check's confidence ratio (1.0 = as confident as on real "
         f"digits). Real training digits at this sample size: FD {real['fd']:.3f}, KID {real['kid']:.3f}, "

@@ -11,6 +11,7 @@ unknown one is reported with the keys it could have been:
 | `vdm.core.diffusion.PREDICTIONS`    | what the network predicts       | `model.prediction`           |
 | `vdm.core.weightings.WEIGHTINGS`    | weightings w(λ) of the loss     | `loss.weighting`             |
 | `vdm.sampling.SAMPLERS`             | samplers and their descriptions | `eval.sampler`, `--sampler`  |
+| `vdm.core.elbo_estimator.TIME_DENSITIES` | proposals of log-SNR in eval | `eval.time_density`          |
 | `vdm.data.augment.AUGMENTATIONS`    | augmentation group sizes        | `data.augmentation`          |
 | `vdm.data.datasets.DATASETS`        | dataset specs                   | `data.name`                  |
 | `vdm.nets.ops.IMPLS`                | network implementations         | `model.impl` (and `auto`)    |

@@ -86,7 +86,7 @@ def registries() -> dict:
 
     Imported when a config is validated, not with this module: most of them import jax.
     """
-    from vdm.core import diffusion, schedules, weightings
+    from vdm.core import diffusion, elbo_estimator, schedules, weightings
     from vdm.data import augment, datasets
     from vdm.nets import ops
     from vdm.sampling import SAMPLERS
@@ -98,12 +98,13 @@ def registries() -> dict:
         "schedule.name": schedules.SCHEDULES,
         "loss.weighting": weightings.WEIGHTINGS,
         "eval.sampler": SAMPLERS,
+        "eval.time_density": elbo_estimator.TIME_DENSITIES,
         "model.impl": ops.IMPL_CHOICES,  # 'auto' and the keys of ops.IMPLS
     }
 _POSITIVE = (
     "data.vocab_size", "model.channels", "model.num_blocks", "training.num_steps", "training.batch_size",
     "training.steps_per_call", "training.log_every", "training.eval_every", "optim.learning_rate",
-    "optim.accumulate_steps", "eval.batch_size", "eval.num_repeats", "eval.sampler_steps", "schedule.width",
+    "optim.accumulate_steps", "eval.batch_size", "eval.num_repeats", "eval.points_per_example", "eval.sampler_steps", "schedule.width",
     "model.fourier_step", "model.fourier_scale", "optim.schedule_lr_scale", "checkpoint.every_steps", "checkpoint.max_to_keep",
 )
 _NON_NEGATIVE = (

@@ -41,6 +41,8 @@ __all__ = [
     "reconstruction_loss",
     "elbo_noise",
     "elbo_terms",
+    "with_totals",
+    "squared_eps_error",
     "bits_per_dim",
     "variance_minimizing_value_and_grad",
 ]
@@ -75,7 +77,8 @@ def low_discrepancy_times(key, batch_size: int, start_index=0, global_batch_size
     return jnp.mod(u + i / n, 1.0)
 
 
-def _eps_error(x, eps, gamma, eps_hat_fn):
+def squared_eps_error(x, eps, gamma, eps_hat_fn):
+    """||eps - eps_hat(z; gamma)||^2 per example at z = alpha x + sigma eps, [B]."""
     z = diffusion.q_sample(x, gamma, eps)
     return _sum_except_batch(jnp.square(eps - eps_hat_fn(z, gamma)))
 
@@ -118,12 +121,12 @@ def _diffusion_parts(x, eps, t, eps_hat_fn, gamma_fn, num_steps: int = 0, gammas
         raise ValueError("gammas_t is for continuous time (num_steps = 0) only")
     if num_steps == 0:
         gamma, dgamma = gamma_and_derivative(gamma_fn, t) if gammas_t is None else gammas_t
-        error = _eps_error(x, eps, gamma, eps_hat_fn)
+        error = squared_eps_error(x, eps, gamma, eps_hat_fn)
         return 0.5 * dgamma * error, error, gamma, dgamma
     T = num_steps
     t = jnp.maximum(jnp.ceil(t * T), 1.0) / T
     gamma_t, gamma_s = gamma_fn(t), gamma_fn(t - 1.0 / T)
-    error = _eps_error(x, eps, gamma_t, eps_hat_fn)
+    error = squared_eps_error(x, eps, gamma_t, eps_hat_fn)
     rate = T * jnp.expm1(gamma_t - gamma_s)
     return 0.5 * rate * error, error, gamma_t, rate
 
@@ -177,7 +180,7 @@ def training_loss_per_example(terms, weighting, num_dims: int):
 def simple_loss(x, eps, t, eps_hat_fn, gamma_fn):
     """DDPM's L_simple: mean over dimensions of ||eps - eps_hat(z_t)||^2, [B]. A training objective, not a bound."""
     gamma = gamma_fn(jnp.asarray(t, jnp.float32))
-    return _eps_error(x, eps, gamma, eps_hat_fn) / math.prod(x.shape[1:])
+    return squared_eps_error(x, eps, gamma, eps_hat_fn) / math.prod(x.shape[1:])
 
 
 def prior_kl(x, gamma_1):
@@ -303,7 +306,12 @@ def elbo_terms(x_int, noise, eps_hat_fn, gamma_fn, vocab_size: int, num_steps: i
         "gamma_t": gamma_t,
         "dgamma_t": rate,
     }
-    terms["total"] = terms["prior"] + terms["reconstruction"] + terms["diffusion"]
+    return with_totals(terms, num_dims)
+
+
+def with_totals(terms: dict, num_dims: int) -> dict:
+    """Adds 'total' = prior + reconstruction + diffusion (nats) and 'bpd', 'bpd_<term>' (bits/dim) to `terms`."""
+    terms = {**terms, "total": terms["prior"] + terms["reconstruction"] + terms["diffusion"]}
     for name in ("prior", "reconstruction", "diffusion"):
         terms["bpd_" + name] = bits_per_dim(terms[name], num_dims)
     terms["bpd"] = bits_per_dim(terms["total"], num_dims)

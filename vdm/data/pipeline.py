@@ -125,13 +125,15 @@ def make_train_iterator(config, process_index: int = 0, process_count: int = 1) 
 
 
 def eval_batches(split: Split, batch_size: int):
-    """Padded global batches covering the split once: images, labels, and a 0/1 'mask' [B]."""
+    """Padded global batches covering the split once: images, labels, 'index' (each row's example index in the
+    split, int32 [B]) and a 0/1 'mask' [B] (padding rows repeat example 0 with mask 0)."""
     n = len(split)
     for start in range(0, n, batch_size):
         idx = np.arange(start, start + batch_size)
         mask = idx < n
         idx = np.where(mask, idx, 0)
-        yield {"images": split.images[idx], "labels": split.labels[idx], "mask": mask.astype(np.float32)}
+        yield {"images": split.images[idx], "labels": split.labels[idx], "index": idx.astype(np.int32),
+               "mask": mask.astype(np.float32)}
 
 
 def local_part(batch: dict, process_index: int, process_count: int, axis: int = 0) -> dict:

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vdm.core.elbo_estimator import ElboEstimator
 from vdm.data import pipeline
 from vdm.errors import ConfigError
 from vdm.sampling import likelihood
@@ -27,60 +28,62 @@ from vdm.training.run import Run, num_parameters
 from vdm.training.steps import TERM_NAMES, make_eval_step
 from vdm.training.workdirs import result_line
 
-STDERR_NOTE = "standard error of the mean over test examples (each example's value averaged over the repeats)"
-MC_STDERR_NOTE = "Monte-Carlo standard error: std over repeats of the split mean / sqrt(repeats)"
+STDERR_NOTE = ("standard error over test examples of each example's estimate (its mean over the repeats); every "
+               "example draws its own times and noise, so this covers the examples, the times and the noise together")
+MC_STDERR_NOTE = ("Monte-Carlo standard error of this split's mean alone (the times and noise, the examples held "
+                  "fixed): sqrt(sum_i s_i^2 / R) / N, s_i^2 the variance of example i's estimate over the R repeats")
 
 
 def evaluate(eval_step, params, split, batch_size: int, key, num_repeats: int = 1, mesh=None):
-    """ELBO over a whole split, `num_repeats` Monte-Carlo passes.
+    """ELBO over a whole split, `num_repeats` independent repeats of the eval step's estimator.
 
-    Returns {name: mean over examples and repeats} and, for every name, two errors
-    with one meaning each (see STDERR_NOTE, MC_STDERR_NOTE):
-    '<name>_stderr': std over examples of the per-example mean / sqrt(N), the error
-    of the split mean as an estimate for the data distribution (any num_repeats);
-    '<name>_mc_stderr' (num_repeats > 1 only): the Monte-Carlo error of the mean over
-    this split, std over repeats of the split mean / sqrt(num_repeats).
+    Example i of repeat r draws from fold_in(fold_in(key, r), i) (`make_eval_step`): the numbers do not
+    depend on the batch size or the devices. Returns {name: mean over examples and repeats} and, for
+    every name, two errors with one meaning each (STDERR_NOTE, MC_STDERR_NOTE):
+    '<name>_stderr': std over examples of the per-example mean / sqrt(N), the error of the split mean
+    as an estimate for the data distribution, Monte-Carlo noise included (any num_repeats);
+    '<name>_mc_stderr' (num_repeats > 1 only): the Monte-Carlo error of the mean over this split,
+    from the per-example variance over repeats pooled over the N examples.
     With a `mesh`, every process holds the split and feeds its part of each batch.
     """
-    per_repeat = {name: [] for name in TERM_NAMES}
-    per_example = {name: np.zeros(len(split)) for name in TERM_NAMES}
+    values = {name: np.zeros((num_repeats, len(split))) for name in TERM_NAMES}
     for r in range(num_repeats):
-        sums = {name: 0.0 for name in TERM_NAMES}
         offset = 0
-        for b, batch in enumerate(pipeline.eval_batches(split, batch_size)):
+        for batch in pipeline.eval_batches(split, batch_size):
             mask = batch.pop("mask")
             if mesh is not None:
                 batch = distributed.global_batch(pipeline.local_part(batch, jax.process_index(), jax.process_count()), mesh)
-            terms = eval_step(params, batch, jax.random.fold_in(jax.random.fold_in(key, r), b))
+            terms = eval_step(params, batch, jax.random.fold_in(key, r))
             n = int(mask.sum())
             for name in TERM_NAMES:
-                values = distributed.to_host(terms[name])[:n]
-                sums[name] += float(values.sum())
-                per_example[name][offset : offset + n] += values / num_repeats
+                values[name][r, offset : offset + n] = distributed.to_host(terms[name])[:n]
             offset += n
-        for name in TERM_NAMES:
-            per_repeat[name].append(sums[name] / len(split))
     out = {}
-    for name in TERM_NAMES:
-        out[name] = float(np.mean(per_repeat[name]))
-        out[name + "_stderr"] = float(np.std(per_example[name], ddof=1) / np.sqrt(len(split)))
+    for name, v in values.items():
+        out[name] = float(v.mean())
+        out[name + "_stderr"] = float(np.std(v.mean(axis=0), ddof=1) / np.sqrt(len(split)))
         if num_repeats > 1:
-            out[name + "_mc_stderr"] = float(np.std(per_repeat[name], ddof=1) / np.sqrt(num_repeats))
+            out[name + "_mc_stderr"] = float(np.sqrt(np.var(v, axis=0, ddof=1).sum() / num_repeats) / len(split))
     return out
 
 
-def bits_per_dim(model, params, images, labels=None, key=None, num_repeats: int = 1, batch_size: int = 256) -> dict:
+def bits_per_dim(model, params, images, labels=None, key=None, estimator: ElboEstimator | None = None,
+                 batch_size: int = 256) -> dict:
     """-ELBO of integer images [N, H, W, C] in bits/dim under a VDM: the means and errors of `evaluate`.
 
-    Returns {'bpd', 'bpd_prior', 'bpd_reconstruction', 'bpd_diffusion'}, each with
-    '<name>_stderr' (and '<name>_mc_stderr' when num_repeats > 1). labels [N]: the
-    classes of a class-conditional model (default: the null label, a bound on
+    Returns {'bpd', 'bpd_prior', 'bpd_reconstruction', 'bpd_diffusion'}, each with '<name>_stderr'
+    (and '<name>_mc_stderr' when the estimator has 2 or more repeats), and 'estimator' (what was
+    computed). estimator: default `ElboEstimator()`, the config's default (`vdm.core.elbo_estimator`).
+    labels [N]: the classes of a class-conditional model (default: the null label, a bound on
     log p(x) for a model trained with label dropout). key: default key(0).
     """
     images = np.asarray(images)
     labels = np.full(len(images), model.num_classes, np.int32) if labels is None else np.asarray(labels, np.int32)
     key = jax.random.key(0) if key is None else key
-    return evaluate(make_eval_step(model), params, pipeline.Split(images, labels), batch_size, key, num_repeats)
+    estimator = ElboEstimator() if estimator is None else estimator
+    res = evaluate(make_eval_step(model, estimator=estimator), params, pipeline.Split(images, labels), batch_size, key,
+                   estimator.repeats)
+    return {**res, "estimator": estimator.describe(model.num_steps)}
 
 
 def conditional_name(key: str) -> str:
@@ -91,7 +94,7 @@ def conditional_name(key: str) -> str:
     return key + "_conditional"
 
 
-def test_elbo(run: Run, params, test: pipeline.Split, key, num_repeats: int = 1) -> dict:
+def test_elbo(run: Run, params, test: pipeline.Split, key) -> dict:
     """Test ELBO terms, each under a name that says which likelihood it bounds.
 
     Unconditional models: 'bpd', its terms and errors (-ELBO of log p(x)).
@@ -102,7 +105,7 @@ def test_elbo(run: Run, params, test: pipeline.Split, key, num_repeats: int = 1)
     model = run.model
 
     def on(split):
-        return evaluate(run.eval_step, params, split, run.config.eval.batch_size, key, num_repeats, run.mesh)
+        return evaluate(run.eval_step, params, split, run.config.eval.batch_size, key, run.estimator.repeats, run.mesh)
 
     res = on(test)
     if not model.class_conditional:
@@ -119,7 +122,7 @@ def final_evaluation(run: Run, state, test: pipeline.Split, train_seconds=None):
     Returns (results, path of results.json).
     """
     config, model = run.config, run.model
-    res = test_elbo(run, state.ema_params, test, run.keys["final"], config.eval.num_repeats)
+    res = test_elbo(run, state.ema_params, test, run.keys["final"])
     samples = write_pictures(run, state.ema_params, "final", run.keys["sample"])
     gamma = distributed.to_host(model.gamma_fn(state.ema_params)(jnp.array([0.0, 1.0])))
     results = {
@@ -127,8 +130,12 @@ def final_evaluation(run: Run, state, test: pipeline.Split, train_seconds=None):
         "bpd_means": ("-ELBO of log p(x | y) in bits/dim ('_conditional'); of log p(x) (null label)"
                       if model.class_conditional else "-ELBO of log p(x) in bits/dim"),
         "parameters": "EMA parameters (decay %g, warmed up)" % config.optim.ema_decay,
+        "estimator": run.estimator.describe(model.num_steps),
+        "eval_points_per_example": run.estimator.points,
+        "eval_time_density": run.estimator.density,
+        "eval_num_repeats": run.estimator.repeats,
         "stderr": STDERR_NOTE,
-        "mc_stderr": MC_STDERR_NOTE + " (%d repeats)" % config.eval.num_repeats,
+        "mc_stderr": MC_STDERR_NOTE + " (%d repeats)" % run.estimator.repeats,
         "num_test_examples": len(test),
         "step": int(distributed.to_host(state.step)),
         "num_parameters": num_parameters(state.params),
@@ -185,7 +192,7 @@ def likelihood_run(config, workdir: str, step: int | None = None, probe: str = "
     if max_examples:
         test = pipeline.Split(test.images[:max_examples], test.labels[:max_examples])
     params, model = state.ema_params, run.model
-    elbo = test_elbo(run, params, test, run.keys["final"], config.eval.num_repeats)
+    elbo = test_elbo(run, params, test, run.keys["final"])
     if "bpd" not in elbo:
         raise ConfigError("--mode=likelihood computes log p(x) through the ODE with the null label, which this "
                           "class-conditional model never learned (model.label_dropout = 0)")
@@ -194,8 +201,10 @@ def likelihood_run(config, workdir: str, step: int | None = None, probe: str = "
 
     out = {"elbo_bpd": elbo["bpd"], "elbo_bpd_stderr": elbo["bpd_stderr"], "num_examples": len(test),
            "step": int(distributed.to_host(state.step)), "probe": probe,
-           "elbo": "continuous-time ELBO (%d Monte-Carlo passes), EMA parameters" % config.eval.num_repeats,
+           "elbo": "ELBO of the EMA parameters: " + run.estimator.describe(model.num_steps),
            "stderr": STDERR_NOTE}
+    if "bpd_mc_stderr" in elbo:
+        out["elbo_bpd_mc_stderr"] = elbo["bpd_mc_stderr"]
     for deq, note in likelihood.DEQUANTIZATIONS.items():
         start, values = time.time(), []
         for b, batch in enumerate(pipeline.eval_batches(test, config.eval.batch_size)):
@@ -212,7 +221,8 @@ def likelihood_run(config, workdir: str, step: int | None = None, probe: str = "
     if run.main:
         outputs.write_json(os.path.join(workdir, "likelihood.json"), out)
         print(f"test bits/dim of log p(x) over {len(test)} examples (± standard error over examples):")
-        print(f"  ELBO                        {out['elbo_bpd']:.4f} ± {out['elbo_bpd_stderr']:.4f}")
+        mc = f", Monte-Carlo alone ± {out['elbo_bpd_mc_stderr']:.4f}" if "elbo_bpd_mc_stderr" in out else ""
+        print(f"  ELBO                        {out['elbo_bpd']:.4f} ± {out['elbo_bpd_stderr']:.4f}   ({out['elbo']}{mc})")
         for deq in likelihood.DEQUANTIZATIONS:
             print(f"  ODE, {deq:<11} dequant.  {out[f'ode_bpd_{deq}']:.4f} ± {out[f'ode_bpd_{deq}_stderr']:.4f}"
                   f"   ({out[f'ode_{deq}_dequantization']})")

@@ -46,7 +46,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     check_same_config(config, workdir)
     finished = read_results(workdir)
     if finished is not None:
-        print(f"vdm: {workdir} already finished (delete results.json to evaluate again)\n"
+        print(f"vdm: {workdir} already finished (--mode=eval evaluates it again)\n"
               + result_line(finished, os.path.join(workdir, "results.json")), flush=True)
         return finished
     t = config.training

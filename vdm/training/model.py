@@ -14,7 +14,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from vdm.core import diffusion, losses, schedules, weightings
+from vdm.core import diffusion, elbo_estimator, losses, schedules, weightings
 from vdm.nets import ScoreUNet, make_ops
 from vdm.nets.unet import network_version_problem
 from vdm.sampling import guidance
@@ -155,6 +155,15 @@ class VDM:
         return losses.elbo_terms(
             batch["images"], noise, eps_hat_fn, self.gamma_fn(params), self.vocab_size, self.num_steps,
             gammas_t=gammas_t, decoder_window=self.decoder_window,
+        )
+
+    def elbo_estimate(self, params, batch, keys, estimator: elbo_estimator.ElboEstimator):
+        """Per-example ELBO terms for evaluation (no dropout), each example from its own key [B]: one repeat of
+        `estimator` (`vdm.core.elbo_estimator.elbo_estimate`)."""
+        eps_hat_fn = self.eps_hat_fn(params, self._labels(batch, None, False), batch.get("cond"))
+        return elbo_estimator.elbo_estimate(
+            batch["images"], keys, eps_hat_fn, self.gamma_fn(params), self.vocab_size, self.num_steps,
+            estimator.points, estimator.density, self.decoder_window,
         )
 
     def loss_and_grads(self, params, batch, key):

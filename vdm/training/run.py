@@ -20,6 +20,7 @@ from vdm.data.datasets import Source
 from vdm.training import checkpoint, distributed, workdirs
 from vdm.training.model import VDM
 from vdm.training.optim import make_optimizer
+from vdm.core.elbo_estimator import ElboEstimator
 from vdm.training.steps import create_train_state, make_eval_step
 
 KEY_NAMES = ("init", "train", "eval", "sample", "final")
@@ -57,7 +58,12 @@ class Run:
 
     @functools.cached_property
     def eval_step(self):
-        return make_eval_step(self.model, self.mesh, self.config.eval.matmul_precision)
+        return make_eval_step(self.model, self.mesh, self.config.eval.matmul_precision, self.estimator)
+
+    @property
+    def estimator(self) -> ElboEstimator:
+        """How test bits/dim are estimated (the config's eval.points_per_example, time_density, num_repeats)."""
+        return ElboEstimator.from_config(self.config.eval)
 
     def test_split(self) -> pipeline.Split:
         d = self.config.data

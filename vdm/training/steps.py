@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from vdm.core.elbo_estimator import ElboEstimator
 from vdm.training import distributed, optim
 from vdm.training.model import VDM
 
@@ -108,17 +109,24 @@ def make_train_step(model: VDM, tx, lr_schedule, ema_decay: float, mesh=None, do
                    out_shardings=(repl, repl))
 
 
-def make_eval_step(model: VDM, mesh=None, matmul_precision: str = "highest"):
+def make_eval_step(model: VDM, mesh=None, matmul_precision: str = "highest", estimator: ElboEstimator | None = None):
     """Returns a jitted eval_step(params, batch, key) -> per-example terms {name: [B]} (no dropout).
 
+    One repeat of `estimator` (default `ElboEstimator()`; `vdm.core.elbo_estimator`). Example i of the
+    batch draws from fold_in(key, batch['index'][i]) (default index: 0..B-1), so with the split's
+    example indices an example's draws depend on the key alone, not on the batch size or the devices.
     Its matmuls and convolutions run at `matmul_precision` (config key eval.matmul_precision;
     'highest': full float32 on every backend, so reported bits/dim do not depend on a TPU's
     bf16 passes or a GPU's TF32; 'default': the backend's choice).
     """
 
+    estimator = ElboEstimator() if estimator is None else estimator
+
     def eval_step(params, batch, key):
+        index = batch["index"] if "index" in batch else jnp.arange(batch["images"].shape[0])
+        keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, index)
         with jax.default_matmul_precision(matmul_precision):
-            terms = model.elbo_terms(params, batch, key, train=False)
+            terms = model.elbo_estimate(params, batch, keys, estimator)
         return {name: terms[name] for name in TERM_NAMES}
 
     if mesh is None:

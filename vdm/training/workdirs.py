@@ -92,8 +92,11 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 # Keys that change when or how a run is observed, not what it computes: a rerun may change them freely.
+# Keys that do not change what a run trains: a finished run reports the results.json it wrote (which records its
+# ELBO estimator), and `--mode=eval` re-evaluates with the new eval.* keys.
 RERUN_FREE_KEYS = frozenset({
     "training.max_seconds", "training.log_every", "training.donate_state", "eval.batch_size",
+    "eval.num_repeats", "eval.points_per_example", "eval.time_density",
     "checkpoint.every_steps", "checkpoint.every_minutes", "checkpoint.max_to_keep", "data.data_dir",
 })
 
@@ -174,9 +177,11 @@ def read_results(workdir: str) -> dict | None:
 
 
 def result_line(results: dict, path: str) -> str:
-    """The last line a run prints: `test_bpd=<v> results=<path>` (test_bpd_conditional= where only that exists)."""
+    """The last line a run prints: `test_bpd=<v> test_bpd_stderr=<s.e.> results=<path>` (test_bpd_conditional=
+    where only that exists; results.json says what each name means)."""
     name = "test_bpd" if "test_bpd" in results else "test_bpd_conditional"
-    return f"{name}={results[name]:.4f} results={os.path.abspath(path)}"
+    stderr = f" {name}_stderr={results[name + '_stderr']:.4f}" if name + "_stderr" in results else ""
+    return f"{name}={results[name]:.4f}{stderr} results={os.path.abspath(path)}"
 
 
 class LoadedRun(NamedTuple):
