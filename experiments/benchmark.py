@@ -45,6 +45,7 @@ from experiments.benchmark_report import merge, table
 from vdm import sampling
 from vdm.config.schema import base_config
 from vdm.config.validation import apply_overrides
+from vdm.core.elbo_estimator import ElboEstimator
 from vdm.training.model import VDM
 from vdm.training.optim import make_optimizer
 from vdm.training.steps import create_train_state, make_eval_step, make_train_step
@@ -221,9 +222,11 @@ def measure_sampler_per_nfe(model, params, batch: int, names=("dpm_solver_pp_2m"
 
 
 def measure_eval(model, params, batch: int, vocab: int) -> float:
-    step = make_eval_step(model)
+    """ELBO evaluations per second with one network call per image (1 point, 1 repeat of the evaluation estimator;
+    the default estimator makes points_per_example x num_repeats calls per test image)."""
+    step = make_eval_step(model, estimator=ElboEstimator(points=1, repeats=1))
     images = jnp.asarray(np.random.default_rng(0).integers(0, vocab, (batch, *model.image_shape)), jnp.int32)
-    b = {"images": images, "labels": jnp.zeros((batch,), jnp.int32)}
+    b = {"images": images, "labels": jnp.zeros((batch,), jnp.int32), "index": jnp.arange(batch, dtype=jnp.int32)}
     jax.block_until_ready(step(params, b, jax.random.key(0)))
     return batch / _median_seconds(lambda: step(params, b, jax.random.key(1)), 5)
 

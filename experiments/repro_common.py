@@ -130,8 +130,11 @@ def resolved(a, b) -> str:
     return "resolved" if abs(ma - mb) > sa + sb else "unresolved"
 
 
-EVAL_NOTE = ("Test bits/dim of the EMA parameters ({estimator}), the same per-example draws for every run (common "
-             "random numbers).")
+def eval_note(rows) -> str:
+    """What the tables' test bits/dim are: the distinct estimators of `rows` (see `reevaluate`)."""
+    estimators = "; ".join(dict.fromkeys(r["estimator"] for r in rows))
+    return (f"Test bits/dim of the EMA parameters ({estimators}), the same per-example keys for every run (common "
+            "random numbers).")
 
 
 def difference_table(rows, key, values, stats, label=str) -> list[str]:
@@ -210,7 +213,7 @@ def compare_settings(args, name: str, title: str, command: str, config_arg: str,
     stats = by_setting(rows, key)
     values = list(stats)
     lines = [f"# {title}", "", f"Command: `{command}{'' if args.size == 'small' else ' --size=paper'}`", "",
-             f"Config `{config_arg}`. {description} {EVAL_NOTE.format(estimator=rows[0]['estimator'])} Mean ± standard "
+             f"Config `{config_arg}`. {description} {eval_note(rows)} Mean ± standard "
              f"error over {len(rows) // len(stats)} seeds.", "",
              f"| {key} | test bpd | per seed | steps |", "|---|---|---|---|"]
     for v in values:

@@ -61,7 +61,7 @@ def main():
         f"Command: `python -m experiments.reproduce_steps{'' if args.size == 'small' else ' --size=paper'}`",
         "",
         f"Config `{config_arg}`, {len(rows) // len(stats)} seeds per T, equal step budgets "
-        f"({int(stats[order[0]][3])} steps). {rc.EVAL_NOTE.format(estimator=rows[0]['estimator'])} Mean ± standard "
+        f"({int(stats[order[0]][3])} steps). {rc.eval_note(rows)} Mean ± standard "
         "error over seeds; the seed also fixes initialisation and data order, shared across T.",
         "",
         "| trained with T | test bpd | per seed |",
@@ -79,7 +79,7 @@ def main():
         "",
         f"L_T of one model trained in continuous time (`{sweep.point_name(continuous)}`), evaluated with T steps; "
         "the evaluation estimator with T steps (every step once where T <= eval.points_per_example, else that many "
-        "stratified steps per example), the same per-example draws for every T "
+        "stratified steps per example), the same per-example keys for every T "
         "(so the differences between rows are much more precise than the ± on each):",
         "",
         "| evaluated with T | test bpd (ELBO) | diffusion term |",

@@ -66,7 +66,7 @@ def main():
         f"Config `{config_arg}`: monotone-net schedule (width 1024), continuous-time ELBO, the schedule's interior "
         "trained on the ELBO or on the variance of the per-example diffusion loss; the network and the endpoints "
         "train on the ELBO in both. Same wall-clock budget per run (`training.max_seconds`; runs of one objective "
-        "train two at a time). " + rc.EVAL_NOTE.format(estimator=rows[0]['estimator']) + " 'Batch variance' is "
+        "train two at a time). " + rc.eval_note(rows) + " 'Batch variance' is "
         "the per-batch variance of the per-example ELBO estimate during training (bits/dim)², mean over the last "
         f"quarter of training; 'variance given x' is measured on the test set at the end ({args.repeats} draws of "
         "(t, ε) per image, EMA parameters).",

@@ -6,8 +6,8 @@ Run (2 cores, ~40 min; finished points are skipped):
 Trains configs/repro.py:weighting (16 channels x 2 blocks, the demo's fixed alpha-cosine
 schedule on [-8, 5], 600 steps) with loss.weighting = elbo, sigmoid (b = -2 and 2), edm,
 edm_monotonic and eps_mse (DDPM's L_simple), 2 training seeds each, the same steps and data
-order per seed. For every run: test bits/dim (always the ELBO, w = 1; 16 Monte-Carlo passes
-with the same evaluation noise for every run) and sample quality of 1000 samples of the EMA
+order per seed. For every run: test bits/dim (always the ELBO, w = 1; the evaluation estimator
+with the same per-example keys for every run) and sample quality of 1000 samples of the EMA
 parameters from DPM-Solver++ 2M at 20 network evaluations, the same sampling key for every
 run: FD-digits and KID-digits against the 297 test digits and the digit check's confidence
 ratio (`vdm.training.sample_quality`). Differences against elbo are paired by training seed.
@@ -95,7 +95,7 @@ def main():
         "",
         f"Config `{config_arg}`: 16 channels × 2 blocks, the fixed α-cosine schedule on [−8, 5] (the demo's), "
         f"{rows[0]['steps']} steps, the same data order and initialisation per training seed; only `loss.weighting` "
-        f"differs. {rc.EVAL_NOTE.format(estimator=bpd_rows[0]['estimator'])} Samples: 1000 from the EMA parameters, "
+        f"differs. {rc.eval_note(bpd_rows)} Samples: 1000 from the EMA parameters, "
         f"DPM-Solver++ 2M at {NFE} network evaluations, the same sampling key for every run; FD-digits and "
         "KID-digits against the 297 test digits, the digit check's confidence ratio (1.0 = as confident as on real "
         f"digits). Real training digits at this sample size: FD {real['fd']:.3f}, KID {real['kid']:.3f}, "

@@ -70,7 +70,7 @@ def _trace(config) -> None:
 
     b = config.eval.batch_size
     eval_batch = {"images": jax.ShapeDtypeStruct((b, *config.data.image_shape), jnp.uint8),
-                  "labels": jax.ShapeDtypeStruct((b,), jnp.int32)}
+                  "labels": jax.ShapeDtypeStruct((b,), jnp.int32), "index": jax.ShapeDtypeStruct((b,), jnp.int32)}
     terms = jax.eval_shape(make_eval_step(model), state.ema_params, eval_batch, key)
     assert terms["bpd"].shape == (b,)
 

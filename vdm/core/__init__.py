@@ -5,5 +5,7 @@
     schedules.py   noise schedules gamma(t) = -log SNR(t) and their registry
     losses.py      the ELBO terms (prior, reconstruction, diffusion L_T / L_inf), L_simple,
                    the variance-minimising schedule gradient, the weighted diffusion loss
+    elbo_estimator.py  the ELBO as evaluation estimates it: independent draws per example, stratified
+                   points sampled uniformly in log-SNR (test bits/dim everywhere)
     weightings.py  weightings w(lambda) of the diffusion loss (ELBO, sigmoid, EDM, L_simple, v-MSE) and their registry
 """

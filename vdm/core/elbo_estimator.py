@@ -15,7 +15,8 @@ proposal density 1 / g. The maps, `TIME_DENSITIES` (config key eval.time_density
 
 Under a schedule with a steep end (alpha-cosine on [-8, 5] has gamma'(0) ~ 160) `schedule` puts few
 points where gamma' is large and weights them by gamma': a heavy-tailed estimate. `log_snr_uniform`
-weights every point alike.
+weights every point alike. A denoiser that is not a function of (z, gamma) alone (one that sees t, or a
+schedule that differs per example or per pixel) breaks the identity above and must use `schedule`.
 
 Each example gets its own key, hence independent draws: K jittered-stratified points u_k = (k + v_k) / K
 (v_k ~ U[0, 1) per stratum), an eps for each, and z_0's noise for the reconstruction term. The
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -39,7 +41,15 @@ from vdm.core import diffusion, losses
 from vdm.core.schedules import gamma_and_derivative
 from vdm.registry import Registry
 
-__all__ = ["TIME_DENSITIES", "ElboEstimator", "stratified_points", "diffusion_estimate", "elbo_estimate"]
+__all__ = ["TIME_DENSITIES", "TimeDensity", "ElboEstimator", "stratified_points", "diffusion_estimate", "elbo_estimate"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TimeDensity:
+    """A map u -> gamma: fn(u [K, B], gamma_fn, gamma_0, gamma_1) -> (gamma [K, B], d gamma / du [K, B])."""
+
+    fn: Callable
+    description: str
 
 
 def _log_snr_uniform(u, gamma_fn, gamma_0, gamma_1):
@@ -51,8 +61,10 @@ def _schedule(u, gamma_fn, gamma_0, gamma_1):
     return gamma.reshape(u.shape), dgamma.reshape(u.shape)
 
 
-# name -> (u [K, B], gamma_fn, gamma_0, gamma_1) -> (gamma [K, B], d gamma / du [K, B])
-TIME_DENSITIES = Registry("time density", {"log_snr_uniform": _log_snr_uniform, "schedule": _schedule})
+TIME_DENSITIES = Registry("time density", {
+    "log_snr_uniform": TimeDensity(_log_snr_uniform, "uniform in log-SNR between the schedule's endpoints"),
+    "schedule": TimeDensity(_schedule, "the model's schedule (t ~ U[0, 1))"),
+})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,8 +92,7 @@ class ElboEstimator:
         elif num_steps:
             diffusion = f"L_T: {self.points} stratified steps of {num_steps} per example"
         else:
-            proposal = {"log_snr_uniform": "uniform in log-SNR between the schedule's endpoints",
-                        "schedule": "the model's schedule (t ~ U[0, 1))"}[self.density]
+            proposal = TIME_DENSITIES[self.density].description
             diffusion = f"L_inf: {self.points} stratified points per example, {proposal}"
         return (f"{diffusion}; independent draws per example; mean of {self.repeats} repeat(s)"
                 " (vdm.core.elbo_estimator)")
@@ -98,8 +109,8 @@ def diffusion_estimate(x, keys, eps_hat_fn, gamma_fn, num_steps: int = 0, points
 
     Args:
       x: data in the network's scale [B, ...]. keys: one PRNG key per example [B].
-      eps_hat_fn(z [B, ...], gamma [B]) -> eps_hat [B, ...]: called under `jax.vmap` over the points,
-        one batched call of B x K (memory grows with both).
+      eps_hat_fn(z [B, ...], gamma [B]) -> eps_hat [B, ...]: called once per point k on every example
+        (`jax.lax.map` over the K points).
       gamma_fn(t) -> gamma, elementwise and increasing. num_steps: T, or 0 for continuous time.
       points: K. density: a key of TIME_DENSITIES (continuous time only).
     Returns:
@@ -123,8 +134,8 @@ def diffusion_estimate(x, keys, eps_hat_fn, gamma_fn, num_steps: int = 0, points
         gamma, weight = gamma_t, T * jnp.expm1(gamma_t - gamma_s)
     else:
         gamma_0, gamma_1 = gamma_fn(jnp.array([0.0, 1.0]))
-        gamma, weight = TIME_DENSITIES.lookup(density)(u, gamma_fn, gamma_0, gamma_1)
-    error = jax.vmap(lambda e, g: losses.squared_eps_error(x, e, g, eps_hat_fn))(eps, gamma)  # [K, B]
+        gamma, weight = TIME_DENSITIES.lookup(density).fn(u, gamma_fn, gamma_0, gamma_1)
+    error = jax.lax.map(lambda eg: losses.squared_eps_error(x, *eg, eps_hat_fn), (eps, gamma))  # [K, B]
     return 0.5 * jnp.mean(weight * error, axis=0)
 
 

@@ -94,10 +94,11 @@ def conditional_name(key: str) -> str:
     return key + "_conditional"
 
 
-def test_elbo(run: Run, params, test: pipeline.Split, key) -> dict:
+def test_elbo(run: Run, params, test: pipeline.Split, key, repeats: int = 0) -> dict:
     """Test ELBO terms, each under a name that says which likelihood it bounds.
 
     Unconditional models: 'bpd', its terms and errors (-ELBO of log p(x)).
+    repeats: of the run's estimator (0: eval.num_repeats).
     Class-conditional models: the same names with '_conditional' (log p(x | y),
     true labels), and, if they were trained with label dropout, the plain names
     for the null label (log p(x)). 'bpd' always means log p(x).
@@ -105,7 +106,8 @@ def test_elbo(run: Run, params, test: pipeline.Split, key) -> dict:
     model = run.model
 
     def on(split):
-        return evaluate(run.eval_step, params, split, run.config.eval.batch_size, key, run.estimator.repeats, run.mesh)
+        return evaluate(run.eval_step, params, split, run.config.eval.batch_size, key, repeats or run.estimator.repeats,
+                        run.mesh)
 
     res = on(test)
     if not model.class_conditional:
@@ -135,7 +137,7 @@ def final_evaluation(run: Run, state, test: pipeline.Split, train_seconds=None):
         "eval_time_density": run.estimator.density,
         "eval_num_repeats": run.estimator.repeats,
         "stderr": STDERR_NOTE,
-        "mc_stderr": MC_STDERR_NOTE + " (%d repeats)" % run.estimator.repeats,
+        **({"mc_stderr": MC_STDERR_NOTE + " (%d repeats)" % run.estimator.repeats} if run.estimator.repeats > 1 else {}),
         "num_test_examples": len(test),
         "step": int(distributed.to_host(state.step)),
         "num_parameters": num_parameters(state.params),

@@ -40,7 +40,7 @@ def every(n: int, step: int) -> bool:
 def train_and_evaluate(config, workdir: str) -> dict:
     """Trains (resuming if the workdir has a checkpoint), evaluates the EMA parameters, writes results.json.
 
-    Returns results.json's contents. The last line printed is `test_bpd=<value> results=<path>`.
+    Returns results.json's contents. The last line printed is `test_bpd=<value> test_bpd_stderr=<s.e.> results=<path>`.
     """
     check_workdir(workdir)
     check_same_config(config, workdir)
@@ -171,14 +171,14 @@ class _Training:
             self.bar.set_postfix(bpd=f"{means['bpd']:.3f}", g0=f"{means['gamma_0']:.2f}", g1=f"{means['gamma_1']:.2f}")
 
     def evaluate(self) -> None:
-        """One pass of test bits/dim with the EMA parameters (metrics.jsonl, a line) and a grid of samples."""
+        """Test bits/dim with the EMA parameters, one repeat of the estimator (metrics.jsonl, a line), and a grid."""
         run, params = self.run, self.state.ema_params
-        res = test_elbo(run, params, self.test, jax.random.fold_in(run.keys["eval"], self.step))
+        res = test_elbo(run, params, self.test, jax.random.fold_in(run.keys["eval"], self.step), repeats=1)
         self.writer.write(self.step, "eval", res)
         write_pictures(run, params, f"step{self.step}", run.keys["sample"],
                        min(outputs.GRID_MAX_IMAGES, run.config.eval.num_samples))
         name = "bpd" if "bpd" in res else "bpd_conditional"
-        self.bar.write(f"step {self.step}: test {name} {res[name]:.4f} ± {res[name + '_stderr']:.4f} (EMA, 1 pass)")
+        self.bar.write(f"step {self.step}: test {name} {res[name]:.4f} ± {res[name + '_stderr']:.4f} (EMA, 1 repeat)")
 
     def save(self) -> None:
         checkpoint.save(self.manager, self.step, self.state, self.iterator.iterator)

@@ -112,9 +112,10 @@ def make_train_step(model: VDM, tx, lr_schedule, ema_decay: float, mesh=None, do
 def make_eval_step(model: VDM, mesh=None, matmul_precision: str = "highest", estimator: ElboEstimator | None = None):
     """Returns a jitted eval_step(params, batch, key) -> per-example terms {name: [B]} (no dropout).
 
-    One repeat of `estimator` (default `ElboEstimator()`; `vdm.core.elbo_estimator`). Example i of the
-    batch draws from fold_in(key, batch['index'][i]) (default index: 0..B-1), so with the split's
-    example indices an example's draws depend on the key alone, not on the batch size or the devices.
+    One repeat of `estimator` (default `ElboEstimator()`; `vdm.core.elbo_estimator`). batch['index']
+    [B] (int32) holds each row's example index in its split: row i draws from fold_in(key, index[i]),
+    so an example's draws depend on the key alone, not on the batch size or the devices
+    (`vdm.data.pipeline.eval_batches` gives it).
     Its matmuls and convolutions run at `matmul_precision` (config key eval.matmul_precision;
     'highest': full float32 on every backend, so reported bits/dim do not depend on a TPU's
     bf16 passes or a GPU's TF32; 'default': the backend's choice).
@@ -123,8 +124,10 @@ def make_eval_step(model: VDM, mesh=None, matmul_precision: str = "highest", est
     estimator = ElboEstimator() if estimator is None else estimator
 
     def eval_step(params, batch, key):
-        index = batch["index"] if "index" in batch else jnp.arange(batch["images"].shape[0])
-        keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, index)
+        if "index" not in batch:
+            raise ValueError("eval_step needs batch['index'], each row's example index (pipeline.eval_batches): "
+                             "without it every batch would reuse the same draws")
+        keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, batch["index"])
         with jax.default_matmul_precision(matmul_precision):
             terms = model.elbo_estimate(params, batch, keys, estimator)
         return {name: terms[name] for name in TERM_NAMES}

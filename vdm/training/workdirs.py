@@ -91,9 +91,9 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return config
 
 
-# Keys that change when or how a run is observed, not what it computes: a rerun may change them freely.
-# Keys that do not change what a run trains: a finished run reports the results.json it wrote (which records its
-# ELBO estimator), and `--mode=eval` re-evaluates with the new eval.* keys.
+# Keys that may differ between runs of one workdir: they change neither what a run trains nor its checkpoints. The
+# eval estimator's keys change only how the final ELBO is estimated: a finished run reports the results.json it wrote
+# (which records its estimator), and `--mode=eval` evaluates again with the new ones.
 RERUN_FREE_KEYS = frozenset({
     "training.max_seconds", "training.log_every", "training.donate_state", "eval.batch_size",
     "eval.num_repeats", "eval.points_per_example", "eval.time_density",
