@@ -125,7 +125,7 @@ def main():
         "'given x' averages Var over (t, ε) for each test image (the part a schedule can change), 'total' also "
         "includes the spread between images.",
         "",
-        "| schedule | test bpd, its own t | Δ vs reference | diffusion term | training-loss variance given x "
+        "| schedule | test bpd, its own t | Δ vs reference (errors in quadrature) | diffusion term | training-loss variance given x "
         "| training-loss variance total | paper variance (CIFAR-10) |",
         "|---|---|---|---|---|---|---|",
     ]

@@ -96,3 +96,19 @@ def test_digits_features_classify_the_test_split_and_give_near_zero_distances_be
     assert abs(m) <= 2 * s, (m, s)
     m_diff, s_diff = fd.kid(train[even], train[~even])
     assert m_diff > 4 * s_diff, (m_diff, s_diff)
+
+
+@pytest.mark.parametrize("num_blocks, sizes", [(10, (103, 97)), (4, (40, 57))])
+def test_kid_standard_error_is_the_delete_one_block_jackknife(num_blocks, sizes):
+    """The s.e. recomputed by brute force: the same shuffle and blocks, KID of both sets with block j left out
+    (the unbiased MMD^2 of all remaining pairs), se^2 = (B - 1)/B sum_j (KID_-j - mean)^2, to 1e-10."""
+    rng = np.random.default_rng(7)
+    a, b = rng.normal(size=(sizes[0], 5)), rng.normal(0.3, 1.2, size=(sizes[1], 5))
+    _, se = fd.kid(a, b, num_blocks=num_blocks, seed=3)
+    shuffle = np.random.default_rng(3)
+    xs = np.array_split(a[shuffle.permutation(len(a))], num_blocks)
+    ys = np.array_split(b[shuffle.permutation(len(b))], num_blocks)
+    loo = np.array([fd.mmd2_unbiased(np.concatenate(xs[:j] + xs[j + 1:]), np.concatenate(ys[:j] + ys[j + 1:]))
+                    for j in range(num_blocks)])
+    expected = np.sqrt((num_blocks - 1) / num_blocks * np.sum((loo - loo.mean()) ** 2))
+    assert se == pytest.approx(expected, rel=1e-10, abs=1e-14)

@@ -80,3 +80,24 @@ def test_bad_endpoints_and_names():
         S.make_schedule("fixed_linear", 5.0, -13.3)
     with pytest.raises(ValueError, match="unknown schedule"):
         S.make_schedule("quadratic", -1.0, 1.0)
+
+
+@pytest.mark.parametrize("gamma_min, gamma_max", [(-13.3, 5.0), (-8.0, 5.0), (-5.0, 9.0)])
+def test_beta_linear_interior_is_ddpms_alpha_bar(gamma_min, gamma_max):
+    """gamma(t) = log((1 - abar) / abar) with DDPM's abar(tau) = exp(-beta_0 tau - 1/2 (beta_1 - beta_0) tau^2),
+    tau affine in t between the taus where gamma hits its endpoints: solved here in float64 with brentq, not with
+    the schedule's own quadratic, and compared at 101 interior points (float32 rounding of gamma: 1e-4 abs)."""
+    from scipy.optimize import brentq
+
+    sched = S.BetaLinear(gamma_min, gamma_max)
+    b0, b1 = sched.beta_0, sched.beta_1
+
+    def ddpm_gamma(tau):
+        abar = np.exp(-b0 * tau - 0.5 * (b1 - b0) * tau**2)
+        return np.log((1.0 - abar) / abar)
+
+    tau_0 = brentq(lambda tau: ddpm_gamma(tau) - gamma_min, 1e-12, 1.0)
+    tau_1 = brentq(lambda tau: ddpm_gamma(tau) - gamma_max, 1e-12, 1.0)
+    t = np.linspace(0.0, 1.0, 101)
+    np.testing.assert_allclose(np.asarray(sched({}, jnp.asarray(t, jnp.float32)), np.float64),
+                               ddpm_gamma(tau_0 + (tau_1 - tau_0) * t), atol=1e-4, rtol=0)

@@ -62,8 +62,8 @@ def _schedule(u, gamma_fn, gamma_0, gamma_1):
 
 
 TIME_DENSITIES = Registry("time density", {
-    "log_snr_uniform": TimeDensity(_log_snr_uniform, "uniform in log-SNR between the schedule's endpoints"),
-    "schedule": TimeDensity(_schedule, "the model's schedule (t ~ U[0, 1))"),
+    "log_snr_uniform": TimeDensity(_log_snr_uniform, "uniform in log-SNR"),
+    "schedule": TimeDensity(_schedule, "t ~ U[0, 1) under the model's schedule"),
 })
 
 
@@ -86,16 +86,14 @@ class ElboEstimator:
         return cls(eval_config.points_per_example, eval_config.time_density, eval_config.num_repeats)
 
     def describe(self, num_steps: int = 0) -> str:
-        """One line for results.json: what the reported bits/dim estimate is."""
+        """One line for results.json and the experiments' tables: what the reported bits/dim estimate is."""
         if num_steps and num_steps <= self.points:
-            diffusion = f"L_T: all {num_steps} steps per example (enumerated), one eps each"
+            diffusion = f"L_T with all {num_steps} steps per example"
         elif num_steps:
-            diffusion = f"L_T: {self.points} stratified steps of {num_steps} per example"
+            diffusion = f"L_T at {self.points} stratified steps of {num_steps} per example"
         else:
-            proposal = TIME_DENSITIES[self.density].description
-            diffusion = f"L_inf: {self.points} stratified points per example, {proposal}"
-        return (f"{diffusion}; independent draws per example; mean of {self.repeats} repeat(s)"
-                " (vdm.core.elbo_estimator)")
+            diffusion = f"L_inf at {self.points} stratified points per example, {TIME_DENSITIES[self.density].description}"
+        return f"{diffusion}; {self.repeats} repeat(s); independent draws per example"
 
 
 def stratified_points(key, num_points: int):
