@@ -34,7 +34,7 @@ from vdm.config.validation import load_config_file
 from vdm.data import pipeline as data
 from vdm.metrics import digits_quality
 from vdm.sampling import guidance
-from vdm.training import classifier, loop, outputs, workdirs
+from vdm.training import classifier, distributed, loop, outputs, workdirs
 
 
 def _generate(model, eps_hat_fn, params, key, n, steps, sampler="ancestral"):
@@ -70,6 +70,7 @@ def main():
     args = ap.parse_args()
 
     config = load_config_file("configs/digits.py", "conditional")
+    distributed.use_cpu_devices(config.cpu.devices)  # before any JAX computation (cpu.devices = 2 since 2026-12-02)
     start = time.time()
     results = loop.train_and_evaluate(config, args.workdir)
     _, model, params = workdirs.load_run(args.workdir)

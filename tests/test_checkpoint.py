@@ -49,8 +49,22 @@ def test_round_trip_restores_state_and_data_position(tmp_path):
     np.testing.assert_array_equal(fresh.next(1)["images"], expected["images"])
 
 
-def test_load_run_gives_config_model_and_ema_params(tmp_path):
+def _distinct_state():
+    """A tiny state whose parameters, EMA and Adam moments all differ (a fresh one has params = EMA, moments 0)."""
     config, state = _state()
+    tx, _ = optim.make_optimizer(config.optim, 10)
+    count = iter(range(10**6))
+    noise = lambda tree, scale: jax.tree.map(
+        lambda x: x + scale * jax.random.normal(jax.random.fold_in(jax.random.key(1), next(count)), x.shape), tree)
+    opt_state = state.opt_state
+    for _ in range(2):  # two updates with random gradients: first and second moments away from 0 and apart
+        _, opt_state = tx.update(noise(jax.tree.map(np.zeros_like, state.params), 1.0), opt_state, state.params)
+    return config, state.replace(params=noise(state.params, 0.1), ema_params=noise(state.params, 0.2),
+                                 opt_state=opt_state)
+
+
+def test_load_run_gives_config_model_and_ema_params(tmp_path):
+    config, state = _distinct_state()
     os.makedirs(tmp_path, exist_ok=True)
     from vdm.training import outputs
 
@@ -58,7 +72,15 @@ def test_load_run_gives_config_model_and_ema_params(tmp_path):
     checkpoint.save(checkpoint.make_manager(str(tmp_path)), 3, state)
     loaded_config, model, params = workdirs.load_run(str(tmp_path))
     assert loaded_config.model.channels == 8 and model.image_shape == (8, 8, 1)
-    for a, b in zip(_leaves(params), _leaves(state.ema_params)):
+    for a, b, raw in zip(_leaves(params), _leaves(state.ema_params), _leaves(state.params)):
+        np.testing.assert_array_equal(a, b)
+        assert not np.array_equal(a, raw)
+    for a, b in zip(_leaves(workdirs.load_run(str(tmp_path), ema=False).params), _leaves(state.params)):
+        np.testing.assert_array_equal(a, b)
+    restored = checkpoint.restore(checkpoint.make_manager(str(tmp_path)), state)
+    moments = _leaves(state.opt_state)
+    assert sum(np.any(m != 0) for m in moments) > len(moments) // 2  # the moments are not all zeros
+    for a, b in zip(_leaves(restored.opt_state), moments):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(CheckpointError, match="no checkpoint for step 7 .* it has \\[3\\]"):
         workdirs.load_run(str(tmp_path), step=7)

@@ -16,6 +16,18 @@ def test_real_digits_pass_copies_and_noise_fail():
     assert not digits_quality.passes(digits_quality.sample_quality(noise, ds))
 
 
+def test_a_mode_collapsed_set_of_real_digits_fails_on_class_balance_alone():
+    """Real test digits of three classes only (each sample confident, none a near-copy): only the class-balance
+    rule can reject it, and it must; with every class present the same digits pass."""
+    ds = data.load_dataset("digits")
+    keep = np.isin(ds.test.labels, [0, 1, 2])
+    collapsed = digits_quality.sample_quality(ds.test.images[keep], ds)
+    assert collapsed["confident_fraction"] >= 0.8 * collapsed["real_test_confident_fraction"]
+    assert collapsed["near_copy_fraction"] <= 0.10 and collapsed["min_class_fraction"] == 0.0
+    assert not digits_quality.passes(collapsed)
+    assert digits_quality.passes(digits_quality.sample_quality(ds.test.images, ds))
+
+
 def test_the_check_exits_1_with_what_to_try_when_samples_fail(tmp_path, capsys):
     ds = data.load_dataset("digits")
     np.savez(tmp_path / "samples.npz", samples=ds.test.images)

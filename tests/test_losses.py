@@ -82,14 +82,20 @@ def test_low_discrepancy_times_are_stratified_and_shardable():
 
 
 def test_discrete_time_grid_mapping():
-    """t in ((i-1)/T, i/T] -> t = i/T, s = (i-1)/T; t = 0 -> 1/T."""
+    """t in ((i-1)/T, i/T] -> t = i/T, s = (i-1)/T; t = 0 -> 1/T. A quadratic gamma gives every step its own
+    expm1(gamma_t - gamma_s), so a point mapped to the neighbouring step (floor for ceil) changes the loss; the
+    points sit on and just beside the step boundaries."""
     T = 4
-    gamma_fn = lambda t: -1.0 + 2.0 * t
-    x = jnp.zeros((5, 1))
-    eps = jnp.ones((5, 1))
-    zero_hat = lambda z, g: jnp.zeros_like(z)
-    loss = L.diffusion_loss(x, eps, jnp.array([0.0, 0.1, 0.25, 0.26, 0.99]), zero_hat, gamma_fn, T)
-    np.testing.assert_allclose(loss, np.full(5, 0.5 * T * math.expm1(2.0 / T)), rtol=1e-6)
+    gamma_fn = lambda t: -1.0 + 6.0 * t * t
+    t = jnp.array([0.0, 1e-4, 0.25, 0.2501, 0.5, 0.5001, 0.74, 0.75, 0.7501, 0.999])
+    steps = np.array([1, 1, 1, 2, 2, 3, 3, 3, 4, 4])  # i for each t
+    x = jnp.zeros((t.shape[0], 1))
+    eps = jnp.ones((t.shape[0], 1))
+    zero_hat = lambda z, g: jnp.zeros_like(z)  # ||eps - eps_hat||^2 = 1
+    loss = L.diffusion_loss(x, eps, t, zero_hat, gamma_fn, T)
+    g = lambda u: -1.0 + 6.0 * u * u
+    expected = 0.5 * T * np.expm1(g(steps / T) - g((steps - 1) / T))
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
 
 
 def test_prior_kl_equals_gaussian_kl():

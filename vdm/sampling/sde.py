@@ -122,6 +122,18 @@ def snr_step_size(eps_hat_fn, z, gamma, target_snr: float, eps=None):
     return 2.0 * jnp.square(target_snr * noise_norm * sigma / jnp.maximum(eps_norm, 1e-12))
 
 
+def langevin_correct(key, eps_hat_fn, z, gamma, target_snr: float, num_steps: int):
+    """`num_steps` Langevin steps targeting q(z_t) at gamma [B], each sized by `snr_step_size` (one network
+    evaluation per step: the step size and the move share it). Leaves z as it is for num_steps = 0."""
+
+    def correct(z, j):
+        eps = eps_hat_fn(z, gamma)
+        delta = snr_step_size(eps_hat_fn, z, gamma, target_snr, eps=eps)
+        return langevin_step(jax.random.fold_in(key, j), eps_hat_fn, z, gamma, delta, eps=eps), None
+
+    return jax.lax.scan(correct, z, jnp.arange(num_steps))[0]
+
+
 def pc_sample(key, eps_hat_fn, gamma_fn, shape, num_steps: int, corrector_steps: int = 1,
               target_snr: float = 0.16, predictor: str = "ancestral"):
     """Predictor–corrector: each step a predictor move t -> s then `corrector_steps` Langevin steps at s.
@@ -154,14 +166,7 @@ def pc_sample(key, eps_hat_fn, gamma_fn, shape, num_steps: int, corrector_steps:
     def step(z, i):
         k_pred, k_corr = jax.random.split(jax.random.fold_in(k_steps, i))
         z, gamma_s = predict(z, i, k_pred)
-
-        def correct(z, j):
-            eps = eps_hat_fn(z, gamma_s)
-            delta = snr_step_size(eps_hat_fn, z, gamma_s, target_snr, eps=eps)
-            return langevin_step(jax.random.fold_in(k_corr, j), eps_hat_fn, z, gamma_s, delta, eps=eps), None
-
-        z, _ = jax.lax.scan(correct, z, jnp.arange(corrector_steps))
-        return z, None
+        return langevin_correct(k_corr, eps_hat_fn, z, gamma_s, target_snr, corrector_steps), None
 
     z, _ = jax.lax.scan(step, z, jnp.arange(num_steps - 1))
     last = num_steps - 1
