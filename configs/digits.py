@@ -10,7 +10,7 @@ Two variants, the paper's likelihood-vs-samples trade-off made explicit:
   decided, so samples look like digits; test bpd is still computed with the exact
   continuous-time ELBO. Training seeds 0, 1, 2: test bpd <= 1.9 and the sample
   check (`python -m vdm.metrics.digits_quality`, 1000 samples) passes with confidence
-  ratio >= 0.92 (README, "What make demo prints"); test bpd 1.834, 1.824, 1.766
+  ratio >= 0.92 (README, "Quick start"); test bpd 1.834, 1.824, 1.766
   +- 0.018 (2026-12-05).
       python -m vdm.main --config=configs/digits.py --workdir=runs/digits
 * `long` (~20 minutes on 2 cores): trains the ELBO itself with learned
