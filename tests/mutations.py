@@ -59,7 +59,7 @@ MUTATIONS = (
               ("a = self.beta_0 * tau + 0.5 * (self.beta_1 - self.beta_0) * tau**2",
                "a = self.beta_0 * tau + (self.beta_1 - self.beta_0) * tau**2")),
              "beta-linear integrates beta(tau) without the 1/2 (consistently, so both endpoints still hold)",
-             ("tests/test_schedules.py",)),
+             ("tests/test_schedules.py", "-k", "beta_linear")),
     Mutation("discrete_time_floor", "vdm/core/losses.py",
              (("t = jnp.maximum(jnp.ceil(t * T), 1.0) / T", "t = jnp.maximum(jnp.floor(t * T), 1.0) / T"),),
              "the training loss maps t to the wrong step of L_T",
@@ -106,20 +106,205 @@ MUTATIONS = (
     Mutation("prior_kl_log_sign", "vdm/core/losses.py",
              (("- jax.nn.log_sigmoid(gamma_1))", "+ jax.nn.log_sigmoid(gamma_1))"),),
              "the prior KL with +log sigma_1^2",
-             ("tests/test_losses.py",)),
+             ("tests/test_losses.py", "-k", "prior_kl")),
     Mutation("decoder_snr_sign", "vdm/core/losses.py",
              (("return -0.5 * jnp.exp(-gamma_0)[..., None]", "return -0.5 * jnp.exp(gamma_0)[..., None]"),),
              "the discretised decoder's logits scaled by 1 / SNR_0 instead of SNR_0",
-             ("tests/test_losses.py",)),
+             ("tests/test_losses.py", "-k", "decoder")),
     Mutation("bin_centres_shifted", "vdm/core/losses.py",
              (("return 2.0 * (jnp.asarray(x_int, jnp.float32) + 0.5) / vocab_size - 1.0",
                "return 2.0 * jnp.asarray(x_int, jnp.float32) / vocab_size - 1.0"),),
              "data scaled to bin edges instead of bin centres",
-             ("tests/test_losses.py",)),
+             ("tests/test_losses.py", "-k", "decoder")),
     Mutation("edm_weight_inverted", "vdm/core/weightings.py",
              (("return jnp.exp(log_density + log_factor)", "return jnp.exp(log_density - log_factor)"),),
              "EDM's weighting divided by its (e^-lambda + sigma_data^2) / sigma_data^2 factor",
-             ("tests/test_weightings.py",)),
+             ("tests/test_weightings.py", "-k", "edm")),
+    # samplers
+    Mutation("ancestral_noise_variance_as_std", "vdm/sampling/discrete.py",
+             (("return mean + jnp.sqrt(var) * noise, None", "return mean + var * noise, None"),),
+             "the ancestral step scales its noise by the variance instead of the standard deviation",
+             ("tests/test_sampling.py", "tests/test_sde_and_likelihood.py", "-k", "ancestral")),
+    Mutation("ddim_eta_not_squared", "vdm/sampling/discrete.py",
+             (("var = eta**2 * sigma_s_sq", "var = eta * sigma_s_sq"),),
+             "DDIM's added variance eta sigma_Q^2 instead of eta^2 sigma_Q^2 (right at eta = 0 and 1 only)",
+             ("tests/test_sampling.py", "-k", "eta")),
+    Mutation("heun_as_euler", "vdm/sampling/sde.py",
+             (("return z + (s - t) * 0.5 * (d_t + d_s), None", "return z + (s - t) * d_t, None"),),
+             "the PF-ODE sampler's Heun step loses its corrector (first-order Euler)",
+             ("tests/test_dpm_solver.py", "-k", "heun")),
+    Mutation("pf_ode_drift_half_dropped", "vdm/sampling/sde.py",
+             (("return 0.5 * diffusion.expand_gamma(dgamma, z) * sigma * (eps_hat_fn(z, gamma) - sigma * z)",
+               "return diffusion.expand_gamma(dgamma, z) * sigma * (eps_hat_fn(z, gamma) - sigma * z)"),),
+             "the probability-flow drift without the 1/2 of g^2 / 2 (the reverse SDE's score term)",
+             ("tests/test_sde_and_likelihood.py", "-k", "ode_log_density")),
+    Mutation("reverse_sde_noise_halved", "vdm/sampling/sde.py",
+             (("jnp.where(last, 0.0, jnp.sqrt(dg * sigma**2 * dt))", "jnp.where(last, 0.0, jnp.sqrt(0.5 * dg * sigma**2 * dt))"),),
+             "Euler-Maruyama's noise with g^2 / 2 dt for g^2 dt",
+             ("tests/test_sde_and_likelihood.py", "-k", "reverse_sde")),
+    Mutation("reverse_sde_score_halved", "vdm/sampling/sde.py",
+             (("drift = -0.5 * dg * sigma**2 * z + dg * sigma * eps_hat_fn(z, gamma)",
+               "drift = -0.5 * dg * sigma**2 * z + 0.5 * dg * sigma * eps_hat_fn(z, gamma)"),),
+             "the reverse SDE with the probability-flow ODE's score weight g^2 / 2 (and the SDE's noise)",
+             ("tests/test_sde_and_likelihood.py", "-k", "reverse_sde")),
+    Mutation("langevin_noise_sqrt_delta", "vdm/sampling/sde.py",
+             (("jnp.sqrt(2 * delta) * jax.random.normal(key, z.shape)", "jnp.sqrt(delta) * jax.random.normal(key, z.shape)"),),
+             "a Langevin step with noise sqrt(delta) instead of sqrt(2 delta): it no longer keeps q(z_t)",
+             ("tests/test_sde_and_likelihood.py", "-k", "langevin_corrector")),
+    Mutation("annealed_langevin_step_fixed", "vdm/sampling/sde.py",
+             (("delta = step_scale * jax.nn.sigmoid(gamma)", "delta = step_scale * jnp.ones_like(gamma)"),),
+             "annealed Langevin's step does not shrink with the noise level (delta_i proportional to sigma_i^2)",
+             ("tests/test_sde_and_likelihood.py", "-k", "annealed_langevin")),
+    Mutation("dpm_solver_2m_correction_doubled", "vdm/sampling/dpm_solver.py",
+             (("second = first - alpha_t * phi1 * d0 / 2", "second = first - alpha_t * phi1 * d0"),),
+             "DPM-Solver++ 2M's second-order correction without its 1/2",
+             ("tests/test_dpm_solver.py", "-k", "order")),
+    Mutation("dpm_solver_3m_phi3_weight", "vdm/sampling/dpm_solver.py",
+             (("third = first + alpha_t * phi2 * big_d1 - 2 * alpha_t * phi3 * big_d2",
+               "third = first + alpha_t * phi2 * big_d1 - alpha_t * phi3 * big_d2"),),
+             "DPM-Solver++ 3M's third-order term with phi_3 for 2 phi_3",
+             ("tests/test_dpm_solver.py", "-k", "order")),
+    Mutation("phi2_series_sign", "vdm/sampling/dpm_solver.py",
+             (("phi2_series = h * (0.5 + h * (-1.0 / 6", "phi2_series = h * (0.5 + h * (1.0 / 6"),),
+             "the small-h series of phi_2 with a wrong sign (used only for |h| < 0.1)",
+             ("tests/test_dpm_solver.py", "-k", "phi_functions")),
+    Mutation("edm_grid_rho_dropped", "vdm/sampling/grids.py",
+             (("root_max, root_min = jnp.exp(gamma_1 / (2 * rho)), jnp.exp(gamma_0 / (2 * rho))",
+               "root_max, root_min = jnp.exp(gamma_1 / 2), jnp.exp(gamma_0 / 2)"),),
+             "Karras' grid interpolates s instead of s^(1/rho) (the ends still pinned)",
+             ("tests/test_dpm_solver.py", "-k", "grids")),
+    Mutation("logsnr_grid_reversed", "vdm/sampling/grids.py",
+             (("return _from_gammas(gamma_fn, gamma_1 + (gamma_0 - gamma_1) * frac)",
+               "return _from_gammas(gamma_fn, gamma_0 + (gamma_1 - gamma_0) * frac)"),),
+             "the uniform-log-SNR grid runs from t = 0 to 1",
+             ("tests/test_dpm_solver.py", "-k", "grids")),
+    # likelihood and dequantisation
+    Mutation("uniform_dequantisation_bin_width", "vdm/sampling/likelihood.py",
+             (("nll = -log_p + d * math.log(vocab_size / 2)", "nll = -log_p + d * math.log(vocab_size)"),),
+             "uniform dequantisation with bins of width 1/V instead of 2/V on [-1, 1]",
+             ("tests/test_sde_and_likelihood.py", "-k", "uniform_dequantisation")),
+    Mutation("variational_dequantisation_log_q_sign", "vdm/sampling/likelihood.py",
+             (("- jnp.log(sigma_0) - 0.5 * math.log(2 * math.pi)", "+ jnp.log(sigma_0) - 0.5 * math.log(2 * math.pi)"),),
+             "log q(z_0 | x) with +log sigma_0",
+             ("tests/test_sde_and_likelihood.py", "-k", "variational_dequantisation")),
+    Mutation("hutchinson_probe_once", "vdm/sampling/likelihood.py",
+             (("return value, jnp.sum((probe * jv).reshape(z.shape[0], -1), -1)",
+               "return value, jnp.sum(jv.reshape(z.shape[0], -1), -1)"),),
+             "Hutchinson's estimate 1^T J v without the left probe",
+             ("tests/test_sde_and_likelihood.py", "-k", "hutchinson")),
+    Mutation("exact_divergence_first_column", "vdm/sampling/likelihood.py",
+             (("return jax.jvp(f, (z,), (e,))[1].reshape(batch, d)[:, i]",
+               "return jax.jvp(f, (z,), (e,))[1].reshape(batch, d)[:, 0]"),),
+             "the exact divergence sums the first row of the Jacobian instead of its diagonal",
+             ("tests/test_sde_and_likelihood.py", "-k", "exact_divergence or log_density")),
+    # guidance
+    Mutation("classifier_guidance_sign", "vdm/sampling/guidance.py",
+             (("return eps_hat_fn(z, gamma) - scale * sigma * jax.grad(log_p_y)(z, gamma)",
+               "return eps_hat_fn(z, gamma) + scale * sigma * jax.grad(log_p_y)(z, gamma)"),),
+             "classifier guidance pushes away from the class",
+             ("tests/test_sde_and_likelihood.py", "-k", "classifier_guidance")),
+    Mutation("classifier_guidance_without_sigma", "vdm/sampling/guidance.py",
+             (("return eps_hat_fn(z, gamma) - scale * sigma * jax.grad(log_p_y)(z, gamma)",
+               "return eps_hat_fn(z, gamma) - scale * jax.grad(log_p_y)(z, gamma)"),),
+             "classifier guidance adds the score of p(y | z) to eps without the factor sigma_t",
+             ("tests/test_sde_and_likelihood.py", "-k", "classifier_guidance_with_the_exact")),
+    Mutation("cfg_null_half_conditional", "vdm/sampling/guidance.py",
+             (("jnp.concatenate([labels, jnp.full_like(labels, null_label)])", "jnp.concatenate([labels, labels])"),),
+             "classifier-free guidance's unconditional half gets the labels instead of the null label",
+             ("tests/test_guidance.py", "-k", "combines")),
+    # metrics
+    Mutation("fid_cross_term_once", "vdm/metrics/feature_distances.py",
+             (("np.trace(cov_b) - 2.0 * tr_cross)", "np.trace(cov_b) - tr_cross)"),),
+             "the Frechet distance with tr((S_a S_b)^(1/2)) subtracted once instead of twice",
+             ("tests/test_feature_distances.py", "-k", "frechet")),
+    Mutation("mmd_keeps_diagonal", "vdm/metrics/feature_distances.py",
+             (("within_x = (kxx.sum() - np.trace(kxx)) / (m * (m - 1))", "within_x = kxx.sum() / (m * (m - 1))"),),
+             "the unbiased MMD keeps the k(x_i, x_i) terms",
+             ("tests/test_feature_distances.py", "-k", "mmd")),
+    # evaluation and its standard errors
+    Mutation("eval_stderr_over_n", "vdm/training/evaluation.py",
+             (("np.std(v.mean(axis=0), ddof=1) / np.sqrt(len(split))", "np.std(v.mean(axis=0), ddof=1) / len(split)"),),
+             "the standard error of the mean divided by N instead of sqrt(N)",
+             ("tests/test_train.py", "-k", "per_example_loop")),
+    Mutation("eval_mc_stderr_without_repeats", "vdm/training/evaluation.py",
+             ((".sum() / num_repeats) / len(split))", ".sum()) / len(split))"),),
+             "the Monte-Carlo error of an R-repeat mean not divided by R",
+             ("tests/test_train.py", "-k", "per_example_loop")),
+    # checkpoint / restore and the data pipeline's resume
+    Mutation("restore_skips_the_compatibility_check", "vdm/training/checkpoint.py",
+             (("        check_compatible(manager, step, abstract_state)\n    except CheckpointError:",
+               "        pass\n    except CheckpointError:"),),
+             "a checkpoint of another config restores into the wrong shapes with orbax's own error",
+             ("tests/test_checkpoint.py", "-k", "incompatible")),
+    Mutation("restore_forgets_the_data_position", "vdm/training/checkpoint.py",
+             (('        args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)',
+               '        pass'),),
+             "a resumed run starts its data from the beginning (the parameters restored, the iterator not)",
+             ("tests/test_checkpoint.py", "-k", "round_trip")),
+    Mutation("iterator_set_state_ignored", "vdm/data/pipeline.py",
+             (("        self.iterator.set_state(state)", "        self.iterator.get_state()"),),
+             "the training iterator ignores a restored position",
+             ("tests/test_data.py", "-k", "resumes")),
+    Mutation("shuffle_ignores_seed", "vdm/data/pipeline.py",
+             ((".seed(seed).shuffle()", ".seed(0).shuffle()"),),
+             "every training.seed reads the data in the same order",
+             ("tests/test_data.py", "-k", "shuffling")),
+    Mutation("process_reads_every_batch", "vdm/data/pipeline.py",
+             (("return ds.batch(local)[process_index::process_count]", "return ds.batch(local)[process_index:]"),),
+             "each process reads every global batch's local part in turn instead of its own part",
+             ("tests/test_data.py", "-k", "each_process")),
+    # config validation
+    Mutation("gamma_order_allows_equal", "vdm/config/validation.py",
+             (('if not flat["schedule.gamma_min"] < flat["schedule.gamma_max"]:',
+               'if not flat["schedule.gamma_min"] <= flat["schedule.gamma_max"]:'),),
+             "gamma_min = gamma_max (a zero-width schedule) passes validation",
+             ("tests/test_config_and_cli.py", "-k", "invalid_values")),
+    Mutation("fraction_allows_one", "vdm/config/validation.py",
+             (("if not 0 <= flat[key] < 1:", "if not 0 <= flat[key] <= 1:"),),
+             "ema_decay = 1 (parameters never averaged in) or dropout = 1 passes validation",
+             ("tests/test_config_and_cli.py", "-k", "invalid_values")),
+    Mutation("positive_allows_zero", "vdm/config/validation.py",
+             (("if not flat[key] > 0:", "if not flat[key] >= 0:"),),
+             "a zero batch size or step count passes validation",
+             ("tests/test_config_and_cli.py", "-k", "invalid_values")),
+    Mutation("registry_names_unchecked", "vdm/config/validation.py",
+             (("        if flat[key] not in names:\n", "        if False:\n"),),
+             "a misspelt sampler, schedule or weighting name passes validation and fails later",
+             ("tests/test_config_and_cli.py", "-k", "registry")),
+    # schedules and weightings
+    Mutation("monotone_net_weights_not_positive", "vdm/core/schedules.py",
+             (('h1[..., None] * sp(interior["l2"]["w"])', 'h1[..., None] * interior["l2"]["w"]'),),
+             "the learned schedule's middle layer loses its positivity constraint (gamma no longer monotone)",
+             ("tests/test_schedules.py", "-k", "monotone_net_is")),
+    Mutation("sigmoid_weighting_reversed", "vdm/core/weightings.py",
+             (("w=lambda lam, bias: jax.nn.sigmoid(bias - lam)", "w=lambda lam, bias: jax.nn.sigmoid(lam - bias)"),),
+             "the sigmoid weighting increasing in lambda (weights clean images most)",
+             ("tests/test_weightings.py", "-k", "monotone_claims or documented_term")),
+    # bookkeeping that decides what a run reports
+    Mutation("pc_network_calls_miscounted", "vdm/sampling/__init__.py",
+             (("{steps} steps ({nfe} network calls)\", lambda steps: 2 * steps - 1)",
+               "{steps} steps ({nfe} network calls)\", lambda steps: 2 * steps)"),),
+             "the predictor-corrector's NFE counts a corrector after the last step (sample-quality tables compare at NFE)",
+             ("tests/test_sampler_evaluations.py",)),
+    Mutation("rerun_ignores_the_seed", "vdm/training/workdirs.py",
+             (('"training.max_seconds", "training.log_every",', '"training.max_seconds", "training.seed", "training.log_every",'),),
+             "a workdir trained with another seed answers for this one",
+             ("tests/test_rerun.py", "-k", "config_differences")),
+    # faults a run meets on a cluster
+    Mutation("checkpoint_checksums_not_checked", "vdm/training/checkpoint.py",
+             (("        if name in recorded and recorded[name] != crc:", "        if False:"),),
+             "garbled checkpoint bytes that orbax reads without error restore as silently wrong parameters",
+             ("tests/test_faults.py", "-k", "recorded_crc")),
+    Mutation("metrics_any_bad_last_line_is_torn", "vdm/training/outputs.py",
+             (("if number == len(lines) and _is_torn_row(line, max(map(len, lines[:-1]), default=0)):",
+               "if number == len(lines):"),),
+             "a garbled metrics.jsonl tail is taken for a torn line and dropped (the log loses rows)",
+             ("tests/test_faults.py", "-k", "metrics")),
+    Mutation("results_json_read_unguarded", "vdm/training/workdirs.py",
+             (('    return outputs.read_json(path, f"it is rebuilt from the checkpoint',
+               '    return __import__("json").load(open(path)) or outputs.read_json(path, f"it is rebuilt from the checkpoint'),),
+             "a cut-short results.json ends in json's traceback",
+             ("tests/test_faults.py", "-k", "results")),
 )
 
 
@@ -130,36 +315,55 @@ def missing_texts(mutation: Mutation, root: str = ROOT) -> list[str]:
     return [text for text, _ in mutation.edits if source.count(text) != 1]
 
 
-def run(mutation: Mutation, root: str = ROOT) -> tuple[str, float]:
-    """('caught' | 'NOT caught' | 'text gone' | 'control failed' | 'error <code>', seconds) for one entry, in a
-    temporary copy: its tests on the unchanged copy, then on the copy with the edits."""
-    if missing_texts(mutation, root):
-        return "text gone", 0.0
-    start = time.time()
+def _copy_tree(root: str, copy: str) -> None:
+    for name in COPIED:
+        src = os.path.join(root, name)
+        if os.path.isdir(src):
+            shutil.copytree(src, os.path.join(copy, name), ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, os.path.join(copy, name))
+
+
+def run_all(mutations, root: str = ROOT):
+    """Yields (mutation, 'caught' | 'NOT caught' | 'text gone' | 'control failed' | 'error <code>', seconds).
+
+    One temporary copy of the repository serves every entry: each entry's edits are written into it, its tests
+    run, and the file is put back. A test selection's control run (on the unchanged copy) happens once.
+    No bytecode is written, so a put-back file is never shadowed by the mutant's cached bytecode.
+    """
     with tempfile.TemporaryDirectory(prefix="vdm_mutation_") as copy:
-        for name in COPIED:
-            src = os.path.join(root, name)
-            (shutil.copytree if os.path.isdir(src) else shutil.copy)(
-                src, os.path.join(copy, name), **({"ignore": shutil.ignore_patterns("__pycache__")}
-                                                  if os.path.isdir(src) else {}))
-        env = {**os.environ, "PYTHONPATH": copy}
+        _copy_tree(root, copy)
+        env = {**os.environ, "PYTHONPATH": copy, "PYTHONDONTWRITEBYTECODE": "1"}
+        controls = {}
 
-        def tests():
-            return subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                                   *mutation.tests], cwd=copy, env=env, capture_output=True, text=True).returncode
+        def tests(selection):
+            return subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *selection],
+                                  cwd=copy, env=env, capture_output=True, text=True).returncode
 
-        if tests() != 0:
-            return "control failed", time.time() - start
-        target = os.path.join(copy, mutation.path)
-        with open(target) as f:
-            source = f.read()
-        for text, replacement in mutation.edits:
-            source = source.replace(text, replacement)
-        with open(target, "w") as f:
-            f.write(source)
-        code = tests()
-    verdict = {0: "NOT caught", 1: "caught"}.get(code, f"error {code}")
-    return verdict, time.time() - start
+        for mutation in mutations:
+            start = time.time()
+            if missing_texts(mutation, root):
+                yield mutation, "text gone", 0.0
+                continue
+            if mutation.tests not in controls:
+                controls[mutation.tests] = tests(mutation.tests) == 0
+            if not controls[mutation.tests]:
+                yield mutation, "control failed", time.time() - start
+                continue
+            target = os.path.join(copy, mutation.path)
+            with open(target) as f:
+                original = f.read()
+            source = original
+            for text, replacement in mutation.edits:
+                source = source.replace(text, replacement)
+            try:
+                with open(target, "w") as f:
+                    f.write(source)
+                code = tests(mutation.tests)
+            finally:
+                with open(target, "w") as f:
+                    f.write(original)
+            yield mutation, {0: "NOT caught", 1: "caught"}.get(code, f"error {code}"), time.time() - start
 
 
 def main(argv=None) -> int:
@@ -173,8 +377,7 @@ def main(argv=None) -> int:
             print(f"{m.name:36s} {m.path:34s} {m.stands_for}")
         return 0
     failures, start = [], time.time()
-    for m in chosen:
-        verdict, seconds = run(m)
+    for m, verdict, seconds in run_all(chosen):
         print(f"{verdict:10s} {seconds:6.1f} s  {m.name}: {m.stands_for}", flush=True)
         if verdict != "caught":
             failures.append(m.name)

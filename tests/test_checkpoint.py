@@ -173,9 +173,9 @@ def _set_meta_version(workdir, step, version):
     path = os.path.join(str(workdir), "checkpoints", str(step), "meta", "metadata")
     with open(path) as f:
         meta = json.load(f)
-    assert set(meta) == {"network_version"}
+    assert set(meta) == {"network_version", "crc32"}
     with open(path, "w") as f:
-        json.dump({"network_version": version}, f)
+        json.dump({**meta, "network_version": version}, f)
 
 
 def test_a_checkpoint_of_another_network_version_stops_with_one_line(tmp_path):

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vdm.core import elbo_estimator, losses, schedules
+from vdm.core import diffusion, elbo_estimator, losses, schedules
 from vdm.data import pipeline
 from vdm.training.evaluation import evaluate
 
@@ -89,7 +89,10 @@ def test_stratified_points_lie_one_in_each_stratum():
     u = np.asarray(jax.vmap(lambda k: elbo_estimator.stratified_points(k, 8))(jax.random.split(jax.random.key(1), 1000)))
     assert np.all(np.floor(u * 8) == np.arange(8))
     # within its stratum each point is uniform: mean offset 1/2 with s.e. (1/sqrt(12)) / sqrt(1000)
-    assert abs(np.mean(u * 8 - np.arange(8)) - 0.5) < 4 / math.sqrt(12 * 8000)
+    offsets = u * 8 - np.arange(8)
+    assert abs(np.mean(offsets) - 0.5) < 4 / math.sqrt(12 * 8000)
+    # and the strata are jittered independently (one shared offset would correlate them fully)
+    assert abs(np.corrcoef(offsets[:, 0], offsets[:, 1])[0, 1]) < 4 / math.sqrt(1000)
 
 
 @pytest.mark.parametrize("T, points", [(10, 16), (10, 10), (50, 8)])
@@ -175,3 +178,43 @@ def test_evaluate_does_not_depend_on_the_batch_size():
     a = evaluate(step, None, split, 64, jax.random.key(9), 2)
     b = evaluate(step, None, split, 150, jax.random.key(9), 2)
     assert a == pytest.approx(b, rel=1e-12)
+
+
+def test_elbo_estimate_prior_and_reconstruction_are_their_closed_forms():
+    """With gamma_0 = -1 the decoder term is large (~0.6 nats per dimension at V = 17): the estimate's reconstruction
+    term has the mean of `losses.reconstruction_loss` under independent draws of z_0 ~ q(z_0 | x) (4 s.e.), its prior
+    term is `losses.prior_kl` exactly, and bits/dim divide the total by D ln 2 with D = 2 * 2 * 1."""
+    n, V = 4096, 17
+    schedule = schedules.FixedLinear(-1.0, 5.0)
+    gamma = lambda t: schedule({}, t)  # noqa: E731
+    x_int = jnp.tile(jax.random.randint(jax.random.key(9), (1, 2, 2, 1), 0, V), (n, 1, 1, 1))
+    terms = elbo_estimator.elbo_estimate(x_int, jax.random.split(jax.random.key(10), n), lambda z, g: 0.5 * z, gamma, V,
+                                         points=2)
+    x = losses.scale_data(x_int, V)
+    np.testing.assert_allclose(terms["prior"], losses.prior_kl(x, gamma(jnp.ones(n))), rtol=1e-6)
+    g0 = gamma(jnp.zeros(n))
+    z_0 = diffusion.q_sample(x, g0, jax.random.normal(jax.random.key(11), x.shape))
+    direct = np.asarray(losses.reconstruction_loss(x_int, z_0, g0, V), np.float64)
+    ours = np.asarray(terms["reconstruction"], np.float64)
+    assert direct.mean() > 0.5 * 4  # the term matters here
+    se = math.sqrt(ours.var(ddof=1) / n + direct.var(ddof=1) / n)
+    assert abs(ours.mean() - direct.mean()) < 4 * se, (ours.mean(), direct.mean(), se)
+    np.testing.assert_allclose(terms["bpd"], terms["total"] / (4 * math.log(2)), rtol=1e-6)
+
+
+def test_estimator_reads_its_three_config_keys_and_says_what_it_estimates():
+    import ml_collections
+
+    est = elbo_estimator.ElboEstimator.from_config(ml_collections.ConfigDict(
+        {"points_per_example": 3, "time_density": "schedule", "num_repeats": 5}))
+    assert (est.points, est.density, est.repeats) == (3, "schedule", 5)
+    assert est.describe().startswith("L_inf at 3 stratified points per example, ")
+    assert est.describe().endswith("; 5 repeat(s); independent draws per example")
+    assert est.describe(3).startswith("L_T with all 3 steps per example")  # T = K: every step once
+    assert est.describe(4).startswith("L_T at 3 stratified steps of 4 per example")
+    for bad in ({"points": 0}, {"repeats": 0}, {"points": 1, "repeats": 0}):
+        with pytest.raises(ValueError, match="must be >= 1"):
+            elbo_estimator.ElboEstimator(**bad)
+    elbo_estimator.ElboEstimator(points=1, repeats=1)  # the smallest valid one
+    with pytest.raises(ValueError, match="log_snr_uniform"):
+        elbo_estimator.ElboEstimator(density="uniform_t")

@@ -107,6 +107,29 @@ def test_kill_inside_a_save_never_restores_the_half_written_checkpoint(tmp_path,
 
 
 @pytest.mark.slow
+def test_kill_inside_a_save_then_a_garbled_newest_step_resumes_from_the_step_before(tmp_path, reference):
+    """A save killed at step 6 leaves 2 and 4; step 4's array data is then garbled (half a file's bytes flipped, as
+    an interrupted copy leaves it). The rerun names step 4 as damaged, moves it aside, resumes from 2, and ends with
+    the uninterrupted run's parameters bitwise."""
+    workdir = tmp_path / "run"
+    code, _, _ = _run(workdir, VDM_TEST_KILL_IN_SAVE="6")
+    assert code == -signal.SIGKILL and _steps(workdir) == [2, 4]
+    (data_file,) = (workdir / "checkpoints" / "4" / "state" / "d").iterdir()
+    damaged = bytearray(data_file.read_bytes())
+    for i in range(len(damaged) // 2, len(damaged)):
+        damaged[i] ^= 0x5A
+    data_file.write_bytes(bytes(damaged))
+    code, out, err = _run(workdir)
+    assert code == 0, err[-3000:]
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("vdm:")]
+    assert len(lines) == 1 and f"{workdir}/checkpoints/4 is damaged" in lines[0], err[-3000:]
+    assert lines[0].endswith("resuming from step 2"), lines
+    assert "resumed from step 2" in out
+    assert (workdir / "damaged_checkpoints" / "4" / "state" / "d" / data_file.name).read_bytes() == bytes(damaged)
+    _assert_same(_final_state(workdir), reference)
+
+
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_exits_75_then_the_rerun_finishes(tmp_path, reference):
     workdir = tmp_path / "run"
     proc = _start(workdir)

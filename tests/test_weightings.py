@@ -432,3 +432,19 @@ def test_adaptive_schedule_trains_the_network_on_l_w_and_the_interior_on_its_squ
     assert float(jnp.linalg.norm(b - a * jnp.dot(a, b) / jnp.dot(a, a)) / jnp.linalg.norm(b)) > 0.05
     assert all(float(jnp.max(jnp.abs(g))) == 0 for g in jax.tree.leaves(grads["schedule"]["endpoints"]))
     assert any(float(jnp.max(jnp.abs(g))) > 0 for g in jax.tree.leaves(mean_grad["schedule"]["endpoints"]))
+
+
+def test_training_loss_of_each_weighting_is_its_documented_term():
+    """From one `elbo_terms` call: `elbo` trains the whole bound in bits/dim (terms['bpd']: prior and reconstruction
+    included); a weighting equal to 1 everywhere (sigmoid with a bias of 1e4) trains the ELBO's diffusion term alone,
+    in nats; eps_mse is L_simple (terms['eps_mse'])."""
+    V, shape = 17, (6, 4, 4, 1)
+    x_int = jax.random.randint(jax.random.key(1), shape, 0, V)
+    sched = S.FixedLinear(-8.0, 4.0)
+    terms = L.elbo_terms(x_int, jax.random.key(2), lambda z, g: 0.2 * z, lambda t: sched({}, t), V)
+    D_ = math.prod(shape[1:])
+    loss = lambda name, **p: L.training_loss_per_example(terms, W.get_weighting(name, **p), D_)  # noqa: E731
+    np.testing.assert_allclose(loss("elbo"), terms["bpd"], rtol=1e-6)
+    np.testing.assert_allclose(loss("sigmoid", bias=1e4), terms["diffusion"], rtol=1e-5)
+    np.testing.assert_allclose(loss("eps_mse"), terms["eps_mse"], rtol=1e-6)
+    assert float(jnp.min(terms["bpd"] * D_ * math.log(2) - terms["diffusion"])) > 0  # the elbo loss is not L_inf

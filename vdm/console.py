@@ -21,6 +21,7 @@ EXPECTED_MESSAGES = (
     "downloaded and prepared to",
     "Waiting for previous save",  # orbax: a save waits for the previous asynchronous one
     "Constructing tf.data.Dataset",
+    "Task exception was never retrieved",  # asyncio, for orbax's read of a damaged checkpoint (reported in one line)
 )
 
 

@@ -17,7 +17,9 @@ workdir, an imported one (`python -m vdm.import_official`) included, runs from
 --workdir alone. The console shows vdm's own lines only;
 --verbose brings back the libraries' logs.
 Errors print one line `vdm: <kind>: <message>`; exit codes are listed in
-`vdm.errors` (0 done, 1 error, 2 config error, 75 preempted and resumable).
+`vdm.errors` (0 done, 1 error, 2 config error, 75 preempted and resumable). Anything
+unexpected prints `vdm: internal error: <type>: <message>` and appends the traceback to
+<workdir>/error.log (a temporary file without a workdir); --verbose prints it too.
 """
 
 from __future__ import annotations
@@ -152,22 +154,63 @@ def main(argv):
         evaluation.likelihood_run(config, _WORKDIR.value, _STEP.value, _PROBE.value, _MAX_EXAMPLES.value, _SEED.value)
 
 
+def _error_log(argv) -> str:
+    """Where a traceback goes: <workdir>/error.log if the workdir exists and is writable, else a temporary file."""
+    workdir = _flag_value(list(argv[1:]), "workdir")
+    if workdir and os.path.isdir(workdir) and os.access(workdir, os.W_OK):
+        return os.path.join(workdir, "error.log")
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="vdm-error-", suffix=".log")
+    os.close(fd)
+    return path
+
+
+def report_internal_error(error: BaseException, argv, verbose: bool) -> int:
+    """One line `vdm: internal error: <type>: <message> (traceback in <file>)`, the traceback appended to that file
+    (and printed with --verbose); exit code 1."""
+    import datetime
+    import traceback
+
+    text = "".join(traceback.format_exception(error))
+    path = _error_log(argv)
+    try:
+        with open(path, "a") as f:
+            f.write(f"--- {datetime.datetime.now().isoformat(timespec='seconds')} pid {os.getpid()}: "
+                    f"{' '.join(argv)}\n{text}\n")
+        where = f"traceback in {path}"
+    except OSError:
+        where = "traceback not saved: rerun with --verbose"
+    if verbose:
+        print(text, file=sys.stderr, end="")
+    message = " ".join(str(error).split())
+    print(f"vdm: internal error: {type(error).__name__}: {message[:300]} ({where})", file=sys.stderr, flush=True)
+    return 1
+
+
+def guarded(fn, argv) -> int:
+    """Runs fn(); the exit code: 0, a VdmError's (its one line printed), or 1 for anything unexpected (one line,
+    traceback to a file). SystemExit (absl's usage errors, a finished app.run) passes through."""
+    try:
+        fn()
+        return 0
+    except VdmError as e:  # config, data, checkpoint, workdir, non-finite loss, preemption: one line, no traceback
+        print(f"vdm: {e.kind}: {e}", file=sys.stderr, flush=True)
+        return e.exit_code
+    except Exception as e:  # noqa: BLE001
+        return report_internal_error(e, argv, "--verbose" in argv)
+
+
 def cli():
     if "--verbose" not in sys.argv:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before jax is imported: XLA's C++ INFO / WARNING lines
-    try:
-        precheck(sys.argv)
-    except ConfigError as e:
-        print(f"vdm: config error: {e}", file=sys.stderr)
-        sys.exit(2)
+    code = guarded(lambda: precheck(sys.argv), sys.argv)
+    if code:
+        sys.exit(code)
     argv = sys.argv
     if _flag_value(argv[1:], "config") is None:  # the overrides go to the workdir's config, not to absl
         argv = [a for a in argv if not a.startswith("--config.")]
-    try:
-        app.run(main, argv=argv)
-    except VdmError as e:  # data, checkpoint, workdir, non-finite loss, preemption: one line, no traceback
-        print(f"vdm: {e.kind}: {e}", file=sys.stderr, flush=True)
-        sys.exit(e.exit_code)
+    sys.exit(guarded(lambda: app.run(main, argv=argv), sys.argv))
 
 
 if __name__ == "__main__":

@@ -126,21 +126,68 @@ def flatten(cfg, prefix="") -> dict:
     return out
 
 
+def _where_in(path: str, error: BaseException) -> str:
+    """'path:line' of the deepest frame of `error`'s traceback that is in the file `path` ('path' if none is)."""
+    line = None
+    tb = error.__traceback__
+    while tb is not None:
+        if os.path.abspath(tb.tb_frame.f_code.co_filename) == path:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return f"{path}:{line}" if line else path
+
+
 def load_config_module(path: str) -> types.ModuleType:
-    """Executes a config file as a fresh module (not added to sys.modules) and returns it."""
+    """Executes a config file as a fresh module (not added to sys.modules) and returns it.
+
+    ConfigError (one line, naming the file and line) if the file is missing, is not a Python file, has a syntax
+    error, or raises while it runs.
+    """
     if not os.path.exists(path):
         raise ConfigError(f"config file not found: {path}")
     path = os.path.abspath(path)
+    if os.path.isdir(path) or not path.endswith(".py"):
+        raise ConfigError(f"config file {path} is not a Python file (--config=configs/NAME.py[:variant])")
     spec = importlib.util.spec_from_file_location(f"_vdm_config_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        if e.lineno is None:  # e.g. null bytes: not source code at all
+            raise ConfigError(f"config file {path} is not Python source ({e.msg})") from None
+        raise ConfigError(f"{path}:{e.lineno}: syntax error: {e.msg}") from None
+    except (ValueError, UnicodeDecodeError) as e:  # null bytes, an undecodable file: not Python source
+        raise ConfigError(f"config file {path} is not Python source ({type(e).__name__}: {e})") from None
+    except Exception as e:  # noqa: BLE001  (an import or a name error in the file: name where, one line)
+        raise ConfigError(f"{_where_in(path, e)}: {type(e).__name__} while loading the config: {e}") from None
+    if not callable(getattr(module, "get_config", None)):
+        raise ConfigError(f"config file {path} defines no get_config(); every config file returns its "
+                          f"ml_collections.ConfigDict from get_config(arg=None)")
     return module
 
 
 def load_config_file(path: str, arg: str | None = None):
-    """Loads a config file and returns its get_config(arg) (get_config() when arg is None)."""
+    """Loads a config file and returns its get_config(arg) (get_config() when arg is None).
+
+    ConfigError naming the accepted variants if the file lists VARIANTS and `arg` is not one of them, and naming
+    the file and line if get_config raises.
+    """
     module = load_config_module(path)
-    return migrate(module.get_config(arg) if arg is not None else module.get_config())
+    path = os.path.abspath(path)
+    variants = getattr(module, "VARIANTS", None)
+    if variants is not None and arg not in variants and not (arg == "" and None in variants):
+        names = ", ".join(repr(v) for v in variants if v is not None) or "none"
+        raise ConfigError(f"{path}: unknown variant {arg!r}; its variants: {names} (or no ':variant')")
+    try:
+        config = module.get_config(arg) if arg is not None else module.get_config()
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"{_where_in(path, e)}: get_config({'' if arg is None else repr(arg)}) raised "
+                          f"{type(e).__name__}: {e}") from None
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"{path}: get_config() returned {type(config).__name__}, not an ml_collections.ConfigDict")
+    return migrate(config)
 
 
 def _same_type(ref, value):

@@ -86,9 +86,15 @@ def load_classifier(data_dir: str | None = None):
     training split and cached."""
     path = cache_path(data_dir)
     if os.path.exists(path):
-        with np.load(path) as f:
-            n = len(HIDDEN) + 1
-            return [(f[f"w{i}"], f[f"b{i}"]) for i in range(n)], float(f["scale"]), float(f["test_accuracy"])
+        try:
+            with np.load(path) as f:
+                n = len(HIDDEN) + 1
+                return [(f[f"w{i}"], f[f"b{i}"]) for i in range(n)], float(f["scale"]), float(f["test_accuracy"])
+        except Exception as e:  # noqa: BLE001  (a cut or garbled cache: zipfile, zlib or key errors) -> rebuilt
+            import sys
+
+            print(f"vdm: {path} is damaged ({type(e).__name__}); training the digits classifier again to rebuild it",
+                  file=sys.stderr, flush=True)
     from vdm.data.pipeline import load_dataset
 
     data = load_dataset("digits", data_dir)

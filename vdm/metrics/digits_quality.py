@@ -101,7 +101,7 @@ def format_report(report: dict) -> str:
 def main(argv=None) -> int:
     """python -m vdm.metrics.digits_quality WORKDIR: checks WORKDIR/samples.npz, prints the figures, writes sample_check.json.
 
-    Exit code 0 if the samples pass, 1 (with what to try) if they fail, 2 if there are none.
+    Exit code 0 if the samples pass, 1 (with what to try) if they fail or samples.npz is damaged, 2 if there are none.
     """
     import json
     import os
@@ -117,9 +117,18 @@ def main(argv=None) -> int:
     if not os.path.exists(path):
         print(f"vdm: no samples at {path}; train first (make demo)", file=sys.stderr)
         return 2
-    report = sample_quality(np.load(path)["samples"], load_dataset("digits"))
-    with open(os.path.join(args[0], "sample_check.json"), "w") as f:
+    try:
+        with np.load(path) as f:
+            samples = f["samples"]
+    except Exception as e:  # noqa: BLE001  (a cut or garbled .npz: zipfile, zlib, pickle or key errors)
+        print(f"vdm: {path} is damaged ({type(e).__name__}: {' '.join(str(e).split())[:120]}); it is rebuilt by "
+              f"`python -m vdm.main --workdir={args[0]} --mode=eval`", file=sys.stderr)
+        return 1
+    report = sample_quality(samples, load_dataset("digits"))
+    out = os.path.join(args[0], "sample_check.json")
+    with open(out + ".tmp", "w") as f:  # then renamed: a kill never leaves half a file
         json.dump(report, f, indent=2)
+    os.replace(out + ".tmp", out)
     print(format_report(report))
     grid = os.path.join(args[0], "samples_final.png")
     if os.path.exists(grid):

@@ -91,16 +91,15 @@ class _Training:
         self.iterator = pipeline.make_train_iterator(config, jax.process_index(), jax.process_count())
         self.test = run.test_split()
         self.manager = run.manager()
-        resumed = self.manager.latest_step()
-        if resumed is None:
+        self.state, resumed = run.resume(self.iterator.iterator, self.manager)
+        if self.state is None:  # a fresh start (a damaged step may have moved the iterator: start it again)
+            self.iterator = pipeline.make_train_iterator(config, jax.process_index(), jax.process_count())
             self.state = run.fresh_state()
-        else:
-            self.state = run.restore(resumed, self.iterator.iterator, self.manager)
         self.step = int(distributed.to_host(self.state.step))
         self.writer = outputs.MetricsWriter(run.workdir, enabled=run.main)
         if run.main:
+            self.writer.rewind(self.step)  # reads metrics.jsonl first: a damaged one stops the run before any write
             write_config(config, run.workdir)
-            self.writer.rewind(self.step)
             print(_header(run, self.state, resumed), flush=True)
         self.train_step = make_train_step(run.model, run.tx, run.lr_schedule, config.optim.ema_decay, run.mesh,
                                           donate=self.t.donate_state)

@@ -6,6 +6,7 @@ import importlib.metadata
 import json
 import math
 import os
+import re
 import subprocess
 import time
 
@@ -35,6 +36,24 @@ def run_metadata() -> dict:
     return {"packages": versions, "git_commit": commit, "git_dirty": dirty, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
+def read_json(path: str, remedy: str, kind=dict):
+    """The JSON object in `path`; WorkdirError naming the file, what is wrong and `remedy` if it is cut short,
+    garbled, empty or not a `kind` (a half-copied or half-written file: disk full, an interrupted rsync)."""
+    from vdm.errors import WorkdirError
+
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+        value = json.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:  # json.JSONDecodeError is a ValueError
+        what = "empty" if not raw.strip() else f"not valid JSON ({' '.join(str(e).split())[:80]})"
+        raise WorkdirError(f"{path} is damaged: {what}; {remedy}") from None
+    if not isinstance(value, kind):
+        raise WorkdirError(f"{path} is damaged: a JSON {type(value).__name__}, not the {kind.__name__} vdm wrote; "
+                           f"{remedy}")
+    return value
+
+
 def write_json(path, obj):
     """Writes JSON atomically (temporary file + rename): a reader never sees half a file."""
     tmp = f"{path}.tmp"
@@ -52,29 +71,56 @@ def _to_builtin(x):
     raise TypeError(f"not JSON serialisable: {type(x)}")
 
 
+_JSON_ROW_CHARS = re.compile(rb'^\{"step": [{}\[\]":,.\-+0-9A-Za-z_ ]*$')
+
+
+def _is_torn_row(line: bytes, longest: int) -> bool:
+    """A row cut short while it was appended: the start of a row, in the characters rows are made of, no longer
+    than the rows before it (garbled bytes or a merged run of lines are none of these)."""
+    return len(line) <= max(longest, 1) and bool(_JSON_ROW_CHARS.match(line))
+
+
 class MetricsWriter:
     """Appends {"step", "split", ...scalars} lines to metrics.jsonl and mirrors them to TensorBoard."""
 
     def __init__(self, workdir: str, enabled: bool = True):
         self.enabled = enabled
         self.path = os.path.join(workdir, "metrics.jsonl")
-        self._tb = None
-        if enabled:
+        self._tb_dir = os.path.join(workdir, "tensorboard")
+        self._tb = None  # opened at the first write: reading the log (a resume) writes nothing
+
+    @property
+    def tensorboard(self):
+        if self._tb is None:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            self._tb = SummaryWriter(self._tb_dir)
+        return self._tb
 
     def _rows(self):
-        """The parsed rows of metrics.jsonl, skipping a line cut short by a kill."""
+        """The parsed rows of metrics.jsonl. A last line cut short (a kill while it was appended: the start of a
+        row and no newline) is dropped; any other damaged line is a WorkdirError naming the line (metrics.jsonl is the run's log: nothing else
+        is lost by removing it)."""
+        from vdm.errors import WorkdirError
+
         if not os.path.exists(self.path):
             return []
+        with open(self.path, "rb") as f:
+            lines = f.read().split(b"\n")
         rows = []
-        with open(self.path) as f:
-            for line in f:
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line.decode("utf-8"))
+                if not isinstance(row, dict):
+                    raise ValueError("not an object")
+            except (ValueError, UnicodeDecodeError):
+                if number == len(lines) and _is_torn_row(line, max(map(len, lines[:-1]), default=0)):
+                    continue  # the last line, cut short by a kill while it was appended: the run resumes past it
+                raise WorkdirError(f"{self.path} is damaged at line {number} of {len(lines)}: it is only the run's "
+                                   f"log: remove that line (or the file) and rerun the same command") from None
+            rows.append(row)
         return rows
 
     def last_value(self, split: str, key: str, default=None):
@@ -99,8 +145,8 @@ class MetricsWriter:
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
         for k, v in scalars.items():
-            self._tb.add_scalar(f"{split}/{k}", float(v), int(step))
-        self._tb.flush()
+            self.tensorboard.add_scalar(f"{split}/{k}", float(v), int(step))
+        self.tensorboard.flush()
 
     def close(self):
         if self._tb is not None:

@@ -17,6 +17,7 @@ import jax
 from vdm.config.validation import validate
 from vdm.data import pipeline
 from vdm.data.datasets import Source
+from vdm.errors import CheckpointError
 from vdm.training import checkpoint, distributed, workdirs
 from vdm.training.model import VDM
 from vdm.training.optim import make_optimizer
@@ -84,6 +85,21 @@ class Run:
         return checkpoint.make_manager(self.workdir, self.config.checkpoint.max_to_keep)
 
     def restore(self, step=None, data_iterator=None, manager=None):
-        """The train state of a checkpoint (default: the latest complete one); the data position too if given."""
-        return checkpoint.restore(manager or self.manager(), self.abstract_state(), step, data_iterator, model=self.model,
-                                  fallback_version=workdirs.recorded_network_version(self.workdir))
+        """The train state of a checkpoint (default: the latest complete one); the data position too if given.
+
+        CheckpointError naming the intact steps if this one is damaged (`checkpoint.DamagedCheckpoint`).
+        """
+        manager = manager or self.manager()
+        try:
+            return checkpoint.restore(manager, self.abstract_state(), step, data_iterator, model=self.model,
+                                      fallback_version=workdirs.recorded_network_version(self.workdir))
+        except checkpoint.DamagedCheckpoint as e:
+            intact = checkpoint.intact_steps(manager, self.abstract_state(), skip=(e.step,))
+            hint = (f"intact steps: {', '.join(map(str, intact))} (--step=N uses one; rerunning training resumes "
+                    f"from the newest)" if intact else "no other intact checkpoint")
+            raise CheckpointError(f"{e}; {hint}") from None
+
+    def resume(self, data_iterator, manager):
+        """(state, step) of the newest intact checkpoint, moving damaged newer ones aside; (None, None) if none."""
+        return checkpoint.restore_newest_intact(manager, self.abstract_state(), data_iterator, model=self.model,
+                                                fallback_version=workdirs.recorded_network_version(self.workdir))

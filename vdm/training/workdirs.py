@@ -12,7 +12,6 @@ scripts the config, the model and its (EMA) parameters.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import NamedTuple
@@ -42,6 +41,9 @@ def check_workdir(workdir: str) -> None:
         raise WorkdirError(f"workdir {workdir} is not writable ({e.strerror or e}); pass a writable --workdir") from None
 
 
+CONFIG_JSON_REMEDY = ("it records the config this workdir was trained with: restore it from a copy of the workdir, "
+                      "or start a new --workdir (nothing was changed)")
+
 # The network version of a workdir written before config.json recorded one: version 1 until the GroupNorm change.
 _VERSION_2_FROM = "2026-11-22T12:00:00"
 
@@ -55,8 +57,7 @@ def recorded_network_version(workdir: str) -> int | None:
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        stored = json.load(f)
+    stored = outputs.read_json(path, CONFIG_JSON_REMEDY)
     if "network_version" in stored:
         return int(stored["network_version"])
     return 1 if str(stored.get("time", "9999"))[:19] < _VERSION_2_FROM else 2
@@ -75,8 +76,9 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise CheckpointError(f"{path} not found: is {workdir} a vdm workdir?")
-    with open(path) as f:
-        saved = json.load(f)["config"]
+    saved = outputs.read_json(path, CONFIG_JSON_REMEDY).get("config")
+    if not isinstance(saved, dict):
+        raise WorkdirError(f"{path} is damaged: it has no 'config' object; {CONFIG_JSON_REMEDY}")
     config = base_config()  # keys added to vdm/config/schema.py after the run started take their defaults
     for section, values in saved.items():
         if section in config and isinstance(values, dict):
@@ -130,8 +132,7 @@ def write_config(config, workdir: str) -> None:
     path = os.path.join(workdir, "config.json")
     kept = {}
     if os.path.exists(path):
-        with open(path) as f:
-            kept = {k: v for k, v in json.load(f).items() if k == "imported_from"}
+        kept = {k: v for k, v in outputs.read_json(path, CONFIG_JSON_REMEDY).items() if k == "imported_from"}
     outputs.write_json(path, {"config": config.to_dict(), **outputs.run_metadata(), "network_version": NETWORK_VERSION,
                               **kept})
 
@@ -172,8 +173,8 @@ def read_results(workdir: str) -> dict | None:
     path = os.path.join(workdir, "results.json")
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    return outputs.read_json(path, f"it is rebuilt from the checkpoint: run --mode=eval with this --workdir (which "
+                                   f"writes it again), or move it away and rerun the same command")
 
 
 def result_line(results: dict, path: str) -> str:
