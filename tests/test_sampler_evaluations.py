@@ -61,3 +61,49 @@ def test_new_samplers_take_a_starting_latent_and_are_deterministic_given_it():
         b = fn(jax.random.key(99), f, gamma_fn, (8, 2), 6, z_1=z_1)
         np.testing.assert_array_equal(a, b)
         assert not np.allclose(a, fn(jax.random.key(0), f, gamma_fn, (8, 2), 6))
+
+
+EXACT = schedules.FixedLinear(-8.0, 8.0)  # gamma = -8 + 16 t: 16 t is exact, so fused or not gamma rounds once
+
+
+def exact_gamma_fn(t):
+    return EXACT({}, t)
+
+
+def _noise_levels(name: str, num_steps: int) -> np.ndarray:
+    """The gamma of every network evaluation of SAMPLERS[name], in order, recorded inside the compiled program."""
+    seen = []
+
+    def eps_hat_fn(z, gamma):
+        jax.debug.callback(lambda g: seen.append(float(g[0])), gamma, ordered=True)
+        return 0.5 * z * jnp.sqrt(jax.nn.sigmoid(gamma))[:, None]
+
+    fn = sampling.get_sampler(name)
+    jax.block_until_ready(jax.jit(lambda key: fn(key, eps_hat_fn, exact_gamma_fn, (4, 2), num_steps))(jax.random.key(0)))
+    jax.effects_barrier()
+    return np.asarray(seen, np.float32)
+
+
+def test_every_sampler_evaluates_the_network_at_todays_points_on_its_default_grid():
+    """The points each sampler used before the grids were shared, written out here: t = i / T for the ancestral,
+    DDIM and Heun samplers, jnp.linspace(1, 0, T + 1) for the reverse SDE, predictor-corrector and annealed
+    Langevin, equal steps in log-SNR for DPM-Solver++ (bitwise, except DPM-Solver's bisected t: 1e-6)."""
+    T = 5
+    g = lambda t: np.asarray(exact_gamma_fn(jnp.asarray(t, jnp.float32)), np.float32)  # noqa: E731
+    i_over_t = np.array([np.float32(i) / np.float32(T) for i in range(T, -1, -1)], np.float32)  # 1, (T-1)/T, ..., 0
+    linspace = np.asarray(jnp.linspace(1.0, 0.0, T + 1))
+    expected = {
+        "ancestral": g(i_over_t[:-1]),
+        "ddim": g(i_over_t[:-1]),
+        "ode": g(np.stack([i_over_t[:-1], i_over_t[1:]], 1).ravel()),  # Heun: both ends of each step
+        "reverse_sde": g(linspace[:-1]),
+        # predictor at t_i, then its corrector at t_(i+1); no corrector after the last predictor step
+        "pc": g(np.array([v for i in range(T - 1) for v in (linspace[i], linspace[i + 1])] + [linspace[T - 1]])),
+        "annealed_langevin": np.repeat(g(linspace), 20),
+    }
+    for name, levels in expected.items():
+        np.testing.assert_array_equal(_noise_levels(name, T), levels, err_msg=name)
+    gamma_0, gamma_1 = float(g([0.0])[0]), float(g([1.0])[0])
+    logsnr = gamma_1 + (gamma_0 - gamma_1) * np.arange(T + 1) / T
+    for name in ("dpm_solver_pp_2m", "dpm_solver_pp_3m"):
+        np.testing.assert_allclose(_noise_levels(name, T), logsnr[:-1], atol=1e-5, err_msg=name)

@@ -15,7 +15,7 @@ unknown one is reported with the keys it could have been:
 | `vdm.data.augment.AUGMENTATIONS`    | augmentation group sizes        | `data.augmentation`          |
 | `vdm.data.datasets.DATASETS`        | dataset specs                   | `data.name`                  |
 | `vdm.nets.ops.IMPLS`                | network implementations         | `model.impl` (and `auto`)    |
-| `vdm.sampling.grids.GRIDS`          | time grids of the ODE samplers  | their `grid=` argument       |
+| `vdm.sampling.grids.GRIDS`          | time grids of every sampler     | their `grid=` argument       |
 
 A new list of names gets its own
 registry beside the code it selects, and one line in

@@ -3,7 +3,7 @@
     discrete.py    ancestral sampling (the VDM posterior steps) and DDIM on t_i = i / T; decoding z_0
     sde.py         the continuous-time view: probability-flow ODE, reverse-time SDE, Langevin dynamics
     dpm_solver.py  DPM-Solver++ multistep (2nd / 3rd order) in lambda = -gamma / 2: few-step deterministic sampling
-    grids.py       time grids of the deterministic samplers (GRIDS): uniform in t, in log-SNR, Karras et al.'s rho = 7
+    grids.py       time grids of every sampler (GRIDS): uniform in t, in log-SNR, Karras et al.'s rho = 7
     likelihood.py  log-likelihood through the probability-flow ODE, dequantisations
     guidance.py    classifier-free and classifier guidance: a guided eps_hat_fn for any sampler
 

@@ -15,14 +15,12 @@ from vdm.core import diffusion, losses
 from vdm.sampling import grids
 
 
-def _step_gammas(gamma_fn, i, num_steps: int, batch: int):
-    """(gamma_s, gamma_t), each [batch], for step i of T: t = (i + 1) / T, s = i / T."""
-    ts = jnp.stack([i, i + 1]).astype(jnp.float32) / num_steps
-    g = gamma_fn(ts)
-    return jnp.full((batch,), g[0]), jnp.full((batch,), g[1])
+def _step_gammas(gammas, i, num_steps: int, batch: int):
+    """(gamma_s, gamma_t), each [batch], of step i (T - 1 down to 0) on a grid `gammas` [T + 1] from t = 1 to 0."""
+    return jnp.full((batch,), gammas[num_steps - i]), jnp.full((batch,), gammas[num_steps - 1 - i])
 
 
-def ancestral_sample(key, eps_hat_fn, gamma_fn, shape, num_steps: int):
+def ancestral_sample(key, eps_hat_fn, gamma_fn, shape, num_steps: int, grid: str = "uniform_t"):
     """z_0 after T ancestral steps, starting from z_1 ~ N(0, I).
 
     Each step: eps_hat = eps_hat_fn(z_t, gamma_t); z_s ~ N(mu_Q, sigma_Q^2) with
@@ -30,16 +28,18 @@ def ancestral_sample(key, eps_hat_fn, gamma_fn, shape, num_steps: int):
     c = -expm1(gamma_s - gamma_t). Compiled as one `lax.scan`.
 
     Args:
-      key: PRNG key. shape: [B, ...] of the latents. num_steps: T.
+      key: PRNG key. shape: [B, ...] of the latents. num_steps: T. grid: the noise levels, a key of
+        `vdm.sampling.grids.GRIDS` (default t_i = i / T).
     Returns:
       z_0 [B, ...].
     """
     k_init, k_steps = jax.random.split(key)
     z = jax.random.normal(k_init, shape)
     batch = shape[0]
+    _, gammas = grids.time_grid(grid, gamma_fn, num_steps)  # [T + 1], from t = 1 down to t = 0
 
     def step(z, i):
-        gamma_s, gamma_t = _step_gammas(gamma_fn, i, num_steps, batch)
+        gamma_s, gamma_t = _step_gammas(gammas, i, num_steps, batch)
         mean, var = diffusion.posterior_from_eps(z, eps_hat_fn(z, gamma_t), gamma_s, gamma_t)
         noise = jax.random.normal(jax.random.fold_in(k_steps, i), shape)
         return mean + jnp.sqrt(var) * noise, None
@@ -74,7 +74,7 @@ def ddim_sample(key, eps_hat_fn, gamma_fn, shape, num_steps: int, eta: float = 0
     _, gammas = grids.time_grid(grid, gamma_fn, num_steps)  # [T + 1], from t = 1 down to t = 0
 
     def step(z, i):
-        gamma_s, gamma_t = jnp.full((batch,), gammas[num_steps - i]), jnp.full((batch,), gammas[num_steps - 1 - i])
+        gamma_s, gamma_t = _step_gammas(gammas, i, num_steps, batch)
         eps_hat = eps_hat_fn(z, gamma_t)
         x_hat = diffusion.x_from_eps(z, eps_hat, gamma_t)
         g_s = diffusion.expand_gamma(gamma_s, z)

@@ -1,11 +1,14 @@
-"""Time grids of the deterministic samplers: where between t = 1 and t = 0 the network is evaluated.
+"""Time grids of every sampler: where between t = 1 and t = 0 the network is evaluated.
 
 A grid is a pure function grid(gamma_fn, num_steps) -> (t, gamma), each [num_steps + 1],
 from t_0 = 1 down to t_N = 0 (gamma decreasing from gamma_fn(1) to gamma_fn(0)), with
 gamma = gamma_fn(t) at every point (up to float32 bisection for the grids defined in gamma).
 Samplers that only need the noise levels use gamma; the ODE solved in t uses t.
 
-    uniform_t        t_i = 1 - i / N (the samplers' historical grid)
+    uniform_t        t_i = (N - i) / N (the ancestral, DDIM and ODE samplers' grid)
+    linspace_t       t_i = jnp.linspace(1, 0, N + 1): the same points computed as 1 + i (0 - 1) / N, which differ
+                     from uniform_t's in the last bit for most N (the reverse-SDE, predictor-corrector and
+                     annealed-Langevin samplers' grid, kept bit for bit)
     uniform_logsnr   log-SNR -gamma uniform: gamma_i = gamma_1 + (gamma_0 - gamma_1) i / N, i.e. uniform in
                      DPM-Solver's lambda = -gamma / 2 = log(alpha / sigma) (half the log-SNR)
     edm              Karras et al. (2022), rho = 7, in the VE noise level s = sigma / alpha = exp(gamma / 2):
@@ -45,6 +48,12 @@ def uniform_t(gamma_fn, num_steps: int):
     return t, gamma_fn(t)
 
 
+def linspace_t(gamma_fn, num_steps: int):
+    """t = jnp.linspace(1, 0, N + 1), gamma_i = gamma_fn(t_i); each [N + 1] (uniform_t up to the last bit)."""
+    t = jnp.linspace(1.0, 0.0, num_steps + 1)
+    return t, gamma_fn(t)
+
+
 def uniform_logsnr(gamma_fn, num_steps: int):
     """gamma_i = gamma_1 + (gamma_0 - gamma_1) i / N (equal steps h in lambda = -gamma / 2), t_i = t(gamma_i)."""
     gamma_0, gamma_1 = _endpoints(gamma_fn)
@@ -63,7 +72,8 @@ def edm(gamma_fn, num_steps: int, rho: float = EDM_RHO):
     return _from_gammas(gamma_fn, 2 * rho * jnp.log(root_max + frac * (root_min - root_max)))
 
 
-GRIDS = Registry("time grid", {"uniform_t": uniform_t, "uniform_logsnr": uniform_logsnr, "edm": edm})
+GRIDS = Registry("time grid", {"uniform_t": uniform_t, "linspace_t": linspace_t, "uniform_logsnr": uniform_logsnr,
+                               "edm": edm})
 
 
 def time_grid(name: str, gamma_fn, num_steps: int):

@@ -40,8 +40,10 @@ def ode_drift(eps_hat_fn, gamma_fn, z, t):
     return 0.5 * diffusion.expand_gamma(dgamma, z) * sigma * (eps_hat_fn(z, gamma) - sigma * z)
 
 
-def _time_grid(num_steps: int, t_min: float = 0.0):
-    return jnp.linspace(1.0, t_min, num_steps + 1)
+def reverse_drift(z, eps, sigma, dgamma):
+    """f(t) z - g(t)^2 score of the reverse-time SDE in gamma form: -1/2 gamma' sigma^2 z + gamma' sigma eps_hat
+    (score = -eps_hat / sigma, g^2 = gamma' sigma^2, f = -1/2 gamma' sigma^2); sigma, dgamma broadcast against z."""
+    return -0.5 * dgamma * sigma**2 * z + dgamma * sigma * eps
 
 
 def ode_sample_heun(key, eps_hat_fn, gamma_fn, shape, num_steps: int, z_1=None, grid: str = "uniform_t"):
@@ -78,17 +80,19 @@ def ode_sample_adaptive(key, eps_hat_fn, gamma_fn, shape, rtol: float = 1e-4, at
     return sol.ys[-1], sol.stats["num_steps"]
 
 
-def reverse_sde_sample(key, eps_hat_fn, gamma_fn, shape, num_steps: int):
-    """Euler–Maruyama on the reverse-time SDE from t = 1 to 0 (no noise added on the last step)."""
+def reverse_sde_sample(key, eps_hat_fn, gamma_fn, shape, num_steps: int, grid: str = "linspace_t"):
+    """Euler–Maruyama on the reverse-time SDE from t = 1 to 0 (no noise added on the last step).
+
+    grid: the times, a key of `vdm.sampling.grids.GRIDS` (default: jnp.linspace(1, 0, T + 1))."""
     k_init, k_steps = jax.random.split(key)
     z = jax.random.normal(k_init, shape)
-    ts = _time_grid(num_steps)
+    ts, _ = grids.time_grid(grid, gamma_fn, num_steps)
 
     def step(z, i):
         t, dt = ts[i], ts[i] - ts[i + 1]
         gamma, dgamma = _gamma_dgamma(gamma_fn, t, shape[0])
         sigma, dg = _sigma(gamma, z), diffusion.expand_gamma(dgamma, z)
-        drift = -0.5 * dg * sigma**2 * z + dg * sigma * eps_hat_fn(z, gamma)  # f z − g² ŝ
+        drift = reverse_drift(z, eps_hat_fn(z, gamma), sigma, dg)
         noise = jax.random.normal(jax.random.fold_in(k_steps, i), shape)
         last = i == num_steps - 1
         return z - dt * drift + jnp.where(last, 0.0, jnp.sqrt(dg * sigma**2 * dt)) * noise, None
@@ -135,11 +139,12 @@ def langevin_correct(key, eps_hat_fn, z, gamma, target_snr: float, num_steps: in
 
 
 def pc_sample(key, eps_hat_fn, gamma_fn, shape, num_steps: int, corrector_steps: int = 1,
-              target_snr: float = 0.16, predictor: str = "ancestral"):
+              target_snr: float = 0.16, predictor: str = "ancestral", grid: str = "linspace_t"):
     """Predictor–corrector: each step a predictor move t -> s then `corrector_steps` Langevin steps at s.
 
     predictor: 'ancestral' (the VDM posterior step) or 'reverse_sde' (Euler–Maruyama).
-    Step sizes follow `snr_step_size`. No corrector after the last predictor step. Network
+    Step sizes follow `snr_step_size`. No corrector after the last predictor step. grid: the times, a key of
+    `vdm.sampling.grids.GRIDS` (default: jnp.linspace(1, 0, T + 1)). Network
     evaluations: num_steps (1 + corrector_steps) - corrector_steps (one per Langevin step:
     its step size and its move share the evaluation).
     """
@@ -147,7 +152,7 @@ def pc_sample(key, eps_hat_fn, gamma_fn, shape, num_steps: int, corrector_steps:
         raise ValueError(f"unknown predictor {predictor!r}; expected 'ancestral' or 'reverse_sde'")
     k_init, k_steps = jax.random.split(key)
     z = jax.random.normal(k_init, shape)
-    ts = _time_grid(num_steps)
+    ts, _ = grids.time_grid(grid, gamma_fn, num_steps)
     batch = shape[0]
 
     def predict(z, i, key):
@@ -161,7 +166,7 @@ def pc_sample(key, eps_hat_fn, gamma_fn, shape, num_steps: int, corrector_steps:
             return mean + jnp.sqrt(var) * noise, gamma_s
         sigma, dg = _sigma(gamma_t, z), diffusion.expand_gamma(dgamma_t, z)
         dt = t - s
-        return z - dt * (-0.5 * dg * sigma**2 * z + dg * sigma * eps) + jnp.sqrt(dg * sigma**2 * dt) * noise, gamma_s
+        return z - dt * reverse_drift(z, eps, sigma, dg) + jnp.sqrt(dg * sigma**2 * dt) * noise, gamma_s
 
     def step(z, i):
         k_pred, k_corr = jax.random.split(jax.random.fold_in(k_steps, i))
@@ -174,16 +179,17 @@ def pc_sample(key, eps_hat_fn, gamma_fn, shape, num_steps: int, corrector_steps:
 
 
 def annealed_langevin_sample(key, eps_hat_fn, gamma_fn, shape, num_levels: int, steps_per_level: int = 20,
-                             step_scale: float = 0.05):
+                             step_scale: float = 0.05, grid: str = "linspace_t"):
     """Annealed Langevin dynamics (Song & Ermon 2019) on the levels t_i = i / L, i = L .. 1, then 0.
 
     At each level, `steps_per_level` Langevin steps target q(z_{t_i}) with step
     δ_i = step_scale · σ²_{t_i} (the step shrinks with the noise level, as α_i ∝ σ_i²
-    in NCSN); each level starts from the previous level's last sample; z_1 ~ N(0, I).
+    in NCSN); each level starts from the previous level's last sample; z_1 ~ N(0, I). grid: the levels, a key of
+    `vdm.sampling.grids.GRIDS` (default: jnp.linspace(1, 0, L + 1)).
     """
     k_init, k_levels = jax.random.split(key)
     z = jax.random.normal(k_init, shape)
-    levels = jnp.linspace(1.0, 0.0, num_levels + 1)
+    levels, _ = grids.time_grid(grid, gamma_fn, num_levels)
     batch = shape[0]
 
     def level(z, i):
