@@ -227,3 +227,25 @@ def test_an_unexpected_error_is_one_line_with_the_traceback_in_error_log(finishe
     assert "Traceback" in log.read_text() and "def broken" not in err and "raise KeyError" in log.read_text()
     code, _, err = run_vdm([f"--workdir={workdir}", "--mode=eval", "--verbose"], capsys)
     assert code == 1 and "Traceback" in err and err.strip().splitlines()[-1].startswith("vdm: internal error: KeyError")
+
+
+def test_quiet_console_drops_only_the_closed_event_loop_error(monkeypatch):
+    """After a failed checkpoint read, tensorstore's late callbacks raise RuntimeError('Event loop is closed') through
+    sys.unraisablehook; the quiet console drops exactly that and hands every other unraisable error on."""
+    import sys
+    import types
+
+    from vdm import console
+
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    console.quiet()
+    hook = sys.unraisablehook
+    report = lambda error: types.SimpleNamespace(exc_value=error, exc_type=type(error), exc_traceback=None,  # noqa: E731
+                                                 err_msg=None, object=None)
+    hook(report(RuntimeError("Event loop is closed")))
+    assert seen == []
+    other = report(RuntimeError("something else"))
+    hook(other)
+    hook(report(ValueError("Event loop is closed")))
+    assert len(seen) == 2 and seen[0] is other
