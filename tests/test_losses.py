@@ -9,7 +9,9 @@ import jax.numpy as jnp
 
 from vdm.core import diffusion as D
 from vdm.core import losses as L
+from vdm.core import objective as O
 from vdm.core import schedules as S
+from vdm.core import weightings as W
 
 G0, G1 = -13.3, 5.0
 DIM, SCALE = 4, 0.5  # x ~ N(0, SCALE^2 I_DIM)
@@ -37,7 +39,8 @@ def _monte_carlo(gamma_fn, num_steps, n=200_000, seed=0):
     x = SCALE * jax.random.normal(k1, (n, DIM))
     eps = jax.random.normal(k2, (n, DIM))
     t = L.low_discrepancy_times(k3, n)
-    per_example = jax.jit(lambda x, e, t: L.diffusion_loss(x, e, t, optimal_eps_hat, gamma_fn, num_steps))(x, eps, t)
+    per_example = jax.jit(lambda x, e, t: O.diffusion_loss(
+        x, e, *O.gamma_and_rate(gamma_fn, t, num_steps), optimal_eps_hat)[1])(x, eps, t)
     per_example = np.asarray(per_example, np.float64)
     return per_example.mean(), per_example.std() / math.sqrt(n)
 
@@ -92,7 +95,7 @@ def test_discrete_time_grid_mapping():
     x = jnp.zeros((t.shape[0], 1))
     eps = jnp.ones((t.shape[0], 1))
     zero_hat = lambda z, g: jnp.zeros_like(z)  # ||eps - eps_hat||^2 = 1
-    loss = L.diffusion_loss(x, eps, t, zero_hat, gamma_fn, T)
+    loss = O.diffusion_loss(x, eps, *O.gamma_and_rate(gamma_fn, t, T), zero_hat)[1]
     g = lambda u: -1.0 + 6.0 * u * u
     expected = 0.5 * T * np.expm1(g(steps / T) - g((steps - 1) / T))
     np.testing.assert_allclose(loss, expected, rtol=1e-5)
@@ -150,13 +153,6 @@ def test_elbo_terms_prior_and_bits_per_dim():
     np.testing.assert_allclose(terms["prior"], L.prior_kl(L.scale_data(x_int, V), jnp.float32(G1)), rtol=1e-5)
     np.testing.assert_allclose(terms["bpd"], terms["total"] / (16 * math.log(2)), rtol=1e-6)
     assert terms["bpd"].shape == (8,)
-
-
-def test_simple_loss_is_mean_squared_eps_error():
-    x = jnp.zeros((2, 3))
-    eps = jnp.ones((2, 3))
-    out = L.simple_loss(x, eps, jnp.array([0.2, 0.7]), lambda z, g: jnp.zeros_like(z), lambda t: t)
-    np.testing.assert_allclose(out, [1.0, 1.0])
 
 
 @pytest.mark.parametrize("g0,g1", [(-30.0, 30.0), (-30.0, -29.0), (29.0, 30.0)])
@@ -273,8 +269,8 @@ def test_windowed_decoder_equals_the_full_one(vocab, gamma_0):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(b))))
 
 
-def test_elbo_terms_call_the_network_once_and_give_l_simple_of_that_call():
-    """L_simple comes from the diffusion term's own evaluation: one network call, the same (t, eps) draw."""
+def test_elbo_terms_call_the_network_once_and_give_the_loss_of_that_call():
+    """The ELBO's diffusion term and a weighting's loss come from one network call at the same (t, eps) draw."""
     calls = []
 
     def eps_hat_fn(z, gamma):
@@ -284,10 +280,14 @@ def test_elbo_terms_call_the_network_once_and_give_l_simple_of_that_call():
     gamma_fn = lambda t: -6.0 + 10.0 * t  # noqa: E731
     x_int = jnp.asarray(np.random.default_rng(0).integers(0, 17, (4, 3, 3, 1)))
     key = jax.random.key(5)
-    terms = L.elbo_terms(x_int, key, eps_hat_fn, gamma_fn, 17)
+    terms = L.elbo_terms(x_int, key, eps_hat_fn, gamma_fn, 17, weighting=W.get_weighting("eps_mse"))
     assert len(calls) == 1
     key_t, _, key_eps = jax.random.split(key, 3)
-    x = L.scale_data(x_int, 17)
-    simple = L.simple_loss(x, jax.random.normal(key_eps, x.shape), L.low_discrepancy_times(key_t, 4), eps_hat_fn, gamma_fn)
-    np.testing.assert_allclose(terms["eps_mse"], simple, rtol=1e-6)
-    np.testing.assert_allclose(terms["diffusion"], 0.5 * 10.0 * simple * 9, rtol=1e-5)  # L_inf = gamma'/2 * D * mse
+    x, eps, t = L.scale_data(x_int, 17), jax.random.normal(key_eps, (4, 3, 3, 1)), L.low_discrepancy_times(key_t, 4)
+    gamma = np.asarray(-6.0 + 10.0 * t, np.float64)[:, None, None, None]
+    z = np.sqrt(1 / (1 + np.exp(gamma))) * np.asarray(x) + np.sqrt(1 / (1 + np.exp(-gamma))) * np.asarray(eps)
+    error = np.sum(np.square(np.asarray(eps) - 0.3 * z).reshape(4, -1), -1)  # ||eps - eps_hat||^2
+    np.testing.assert_allclose(terms["diffusion"], 0.5 * 10.0 * error, rtol=1e-5)  # L_inf = gamma'/2 ||.||^2
+    np.testing.assert_allclose(terms["loss_diffusion"], error / (9 * math.log(2)), rtol=1e-5)  # L_simple / ln 2
+    total = terms["prior"] + terms["reconstruction"] + error
+    np.testing.assert_allclose(terms["loss"], total / (9 * math.log(2)), rtol=1e-5)

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from vdm.core import diffusion as D
 from vdm.core import losses as L
+from vdm.core import objective as O
 from vdm.core import schedules as S
 from vdm.core import weightings as W
 
@@ -48,7 +49,7 @@ def exact(name, schedule):
         return np.trapezoid(f, lam)
     t = np.linspace(0.0, 1.0, 20_001)
     lam = -np.asarray(_gamma_fn(schedule)(jnp.asarray(t, jnp.float32)), np.float64)
-    f = 0.5 * np.asarray(w.loss_weight(jnp.asarray(lam, jnp.float32), None, DIM), np.float64) * _mmse(lam)
+    f = 0.5 * np.asarray(w.loss_weight(jnp.asarray(lam, jnp.float32), None), np.float64) * _mmse(lam)
     return np.trapezoid(f, t)
 
 
@@ -67,7 +68,8 @@ def test_weighted_loss_matches_closed_form_for_every_weighting_and_schedule_shap
     gamma_fn = _gamma_fn(schedule)
     weightings = {name: W.get_weighting(name, **PARAMS.get(name, {})) for name in W.WEIGHTINGS}
     all_losses = jax.jit(lambda x, e, t: {  # one program: the denoiser's error is computed once
-        name: L.weighted_diffusion_loss(x, e, t, optimal_eps_hat, gamma_fn, w) for name, w in weightings.items()})
+        name: O.diffusion_loss(x, e, *O.gamma_and_rate(gamma_fn, t), optimal_eps_hat, w)[0]
+        for name, w in weightings.items()})
     for name, per_example in all_losses(x, eps, t).items():
         per_example = np.asarray(per_example, np.float64)
         mean, se = per_example.mean(), per_example.std() / math.sqrt(N)
@@ -79,13 +81,18 @@ def test_weighted_loss_matches_closed_form_for_every_weighting_and_schedule_shap
 
 
 def test_elbo_weighting_is_the_diffusion_loss(draws):
+    """w = 1: the weighted loss is the ELBO's diffusion term bit for bit (the demo's likelihood runs train on it)."""
     x, eps, t = (a[:4096] for a in draws)
     for schedule in SCHEDULES:
         gamma_fn = _gamma_fn(schedule)
-        ours = jax.jit(lambda x, e, t: L.weighted_diffusion_loss(
-            x, e, t, optimal_eps_hat, gamma_fn, W.get_weighting("elbo")))(x, eps, t)
-        ref = jax.jit(lambda x, e, t: L.diffusion_loss(x, e, t, optimal_eps_hat, gamma_fn))(x, eps, t)
-        np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=0)
+        weighted, elbo = jax.jit(lambda x, e, t: O.diffusion_loss(
+            x, e, *O.gamma_and_rate(gamma_fn, t), optimal_eps_hat, W.get_weighting("elbo")))(x, eps, t)
+        np.testing.assert_array_equal(weighted, elbo)
+        gamma, dgamma = S.gamma_and_derivative(gamma_fn, t)
+        z = D.q_sample(x, gamma, eps)
+        by_hand = 0.5 * np.asarray(dgamma, np.float64) * np.sum(
+            np.square(np.asarray(eps - optimal_eps_hat(z, gamma), np.float64)), -1)
+        np.testing.assert_allclose(elbo, by_hand, rtol=5e-5)  # float32 z and eps_hat, outside and inside jit
 
 
 @pytest.mark.parametrize("name", list(W.WEIGHTINGS))
@@ -107,13 +114,13 @@ def test_monotone_claims(name):
     for schedule, monotone in (("fixed_linear", True), ("alpha_cosine", name == "v_mse")):
         t = jnp.linspace(0.0, 1.0, 2001)
         gamma, dgamma = S.gamma_and_derivative(_gamma_fn(schedule), t)
-        values = np.asarray(w(-gamma, dgamma, DIM), np.float64)  # lambda = -gamma decreases with t
+        values = np.asarray(w(-gamma, dgamma), np.float64)  # lambda = -gamma decreases with t
         steps = np.diff(values[::-1])  # along increasing lambda
         assert np.all(steps <= 1e-5 * values.max()) == monotone, (name, schedule)
 
 
 def test_v_mse_is_the_explicit_v_prediction_mse(draws):
-    """mean_i (v - v_hat)_i^2 with v = alpha eps - sigma x and v_hat from the denoiser's x_hat, on the same draws."""
+    """||v - v_hat||^2 with v = alpha eps - sigma x and v_hat from the denoiser's x_hat, on the same draws."""
     x, eps, t = (a[:4096] for a in draws)
     gamma_fn = _gamma_fn("alpha_cosine")
     eps_hat_fn = lambda z, g: 0.7 * z + 0.1 * jnp.tanh(3 * z)  # noqa: E731  (any denoiser)
@@ -124,12 +131,16 @@ def test_v_mse_is_the_explicit_v_prediction_mse(draws):
         z = a * x + s * eps
         eps_hat = eps_hat_fn(z, gamma)
         x_hat = (z - s * eps_hat) / a
-        return jnp.mean(jnp.square((a * eps - s * x) - (a * eps_hat - s * x_hat)), axis=-1)
+        return (jnp.sum(jnp.square((a * eps - s * x) - (a * eps_hat - s * x_hat)), axis=-1),
+                jnp.sum(jnp.square(eps - eps_hat), axis=-1))
 
-    ours = jax.jit(lambda x, e, t: L.weighted_diffusion_loss(x, e, t, eps_hat_fn, gamma_fn, W.get_weighting("v_mse")))
-    np.testing.assert_allclose(ours(x, eps, t), jax.jit(explicit)(x, eps, t), rtol=2e-4, atol=1e-6)
-    simple = jax.jit(lambda x, e, t: L.weighted_diffusion_loss(x, e, t, eps_hat_fn, gamma_fn, W.get_weighting("eps_mse")))
-    np.testing.assert_allclose(simple(x, eps, t), L.simple_loss(x, eps, t, eps_hat_fn, gamma_fn), rtol=1e-5)
+    def ours(name):
+        return jax.jit(lambda x, e, t: O.diffusion_loss(
+            x, e, *O.gamma_and_rate(gamma_fn, t), eps_hat_fn, W.get_weighting(name))[0])(x, eps, t)
+
+    v_error, eps_error = jax.jit(explicit)(x, eps, t)
+    np.testing.assert_allclose(ours("v_mse"), v_error, rtol=2e-4, atol=1e-6)
+    np.testing.assert_allclose(ours("eps_mse"), eps_error, rtol=1e-5)
 
 
 def test_edm_weighting_is_edms_loss_in_lambda_form():
@@ -225,10 +236,11 @@ def test_old_demo_workdir_with_loss_objective_loads_and_reruns(tmp_path):
 # --- the demo's training loss is bitwise today's ----------------------------------------------------------------
 
 
-def test_demo_training_loss_and_gradients_are_bitwise_l_simple():
-    """configs/digits.py (eps_mse under alpha_cosine): the train step's loss and gradients are bitwise those of
-    mean(terms['eps_mse']), the way 'simple' computed them (the demo's loss keys; a narrower network, to compile
-    fast)."""
+def test_demo_training_loss_and_gradients_are_l_simple_over_ln_2():
+    """configs/digits.py (eps_mse under alpha_cosine): the train step's loss and gradients are those of
+    mean(L_simple) / ln 2, L_simple = mean_i (eps - eps_hat)_i^2 as DDPM's 'simple' objective computed it (the
+    unit of every training loss is bits/dim; a narrower network, to compile fast). The prior and reconstruction
+    terms the loss also carries have no gradient under the fixed schedule."""
     from vdm.config.validation import apply_overrides, load_config_file
     from vdm.training.model import VDM
 
@@ -239,16 +251,22 @@ def test_demo_training_loss_and_gradients_are_bitwise_l_simple():
     rng = np.random.default_rng(0)
     batch = {"images": jnp.asarray(rng.integers(0, 17, (8, 8, 8, 1))), "labels": jnp.zeros(8, jnp.int32)}
     key = jax.random.key(4)
+    k_elbo, k_drop, _ = jax.random.split(key, 3)
+    noise = L.elbo_noise(k_elbo, batch["images"].shape)
 
-    def old(p, batch, key):  # 'simple' before the weightings: OBJECTIVES['simple'] = terms['eps_mse']
-        terms = model.elbo_terms(p, batch, key, train=True)
-        return jnp.mean(terms["eps_mse"]), terms
+    def l_simple(p):  # DDPM's objective, written out
+        x = L.scale_data(batch["images"], 17)
+        gamma = model.gamma_fn(p)(noise["t"])
+        eps_hat = model.eps_hat_fn(p, dropout_key=k_drop)(D.q_sample(x, gamma, noise["eps"]), gamma)
+        return jnp.mean(jnp.square(noise["eps"] - eps_hat)) / math.log(2)
 
-    (loss, _), grads = jax.jit(model.loss_and_grads)(params, batch, key)
-    (loss_old, _), grads_old = jax.jit(jax.value_and_grad(old, has_aux=True))(params, batch, key)
-    assert float(loss) == float(loss_old)
-    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_old)):
-        np.testing.assert_array_equal(a, b)
+    (loss, terms), grads = jax.jit(model.loss_and_grads)(params, batch, key)
+    simple, grads_simple = jax.jit(jax.value_and_grad(l_simple))(params)
+    np.testing.assert_allclose(jnp.mean(terms["loss_diffusion"]), simple, rtol=1e-6)
+    extra = jnp.mean(terms["bpd_prior"] + terms["bpd_reconstruction"])
+    np.testing.assert_allclose(loss, simple + extra, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(grads["net"]), jax.tree.leaves(grads_simple["net"])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7 * float(jnp.max(jnp.abs(b))))
 
 
 # --- the variance-minimising interior's gradient, clipped and reported apart -------------------------------------
@@ -407,11 +425,9 @@ def test_adaptive_schedule_trains_the_network_on_l_w_and_the_interior_on_its_squ
     batch = {"images": np.random.default_rng(0).integers(0, 17, (8, 8, 8, 1)), "labels": np.zeros(8, np.int32)}
     key = jax.random.key(3)
     noise = L.elbo_noise(model._split(key)[0], batch["images"].shape)
-    weighting = model.loss_weighting()
 
     def l_w(p):
-        terms = model.elbo_terms(p, batch, key, train=True, noise=noise)
-        return L.training_loss_per_example(terms, weighting, model.num_dims)
+        return model.elbo_terms(p, batch, key, train=True, noise=noise)["loss_diffusion"]
 
     @jax.jit
     def both(p):
@@ -419,7 +435,8 @@ def test_adaptive_schedule_trains_the_network_on_l_w_and_the_interior_on_its_squ
         return loss, grads, jax.grad(lambda q: jnp.mean(l_w(q)))(p), jax.grad(lambda q: jnp.mean(jnp.square(l_w(q))))(p)
 
     loss, grads, mean_grad, square_grad = both(params)
-    np.testing.assert_allclose(loss, jnp.mean(l_w(params)), rtol=1e-5)
+    terms = model.elbo_terms(params, batch, key, train=True, noise=noise)
+    np.testing.assert_allclose(loss, jnp.mean(terms["loss"]), rtol=1e-5)
     rel = lambda a, b: math.sqrt(sum(float(jnp.sum(jnp.square(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
                                  / sum(float(jnp.sum(jnp.square(y))) for y in jax.tree.leaves(b)))  # noqa: E731
     assert rel(grads["net"], mean_grad["net"]) < 1e-4
@@ -435,16 +452,24 @@ def test_adaptive_schedule_trains_the_network_on_l_w_and_the_interior_on_its_squ
 
 
 def test_training_loss_of_each_weighting_is_its_documented_term():
-    """From one `elbo_terms` call: `elbo` trains the whole bound in bits/dim (terms['bpd']: prior and reconstruction
-    included); a weighting equal to 1 everywhere (sigmoid with a bias of 1e4) trains the ELBO's diffusion term alone,
-    in nats; eps_mse is L_simple (terms['eps_mse'])."""
+    """From one `elbo_terms` call, in bits/dim for every weighting: `elbo` trains the whole bound (terms['bpd']);
+    a weighting equal to 1 everywhere (sigmoid with a bias of 1e4) trains the same number; eps_mse trains
+    prior + reconstruction + ||eps - eps_hat||^2 (L_simple / ln 2 plus the terms without a network)."""
     V, shape = 17, (6, 4, 4, 1)
     x_int = jax.random.randint(jax.random.key(1), shape, 0, V)
     sched = S.FixedLinear(-8.0, 4.0)
-    terms = L.elbo_terms(x_int, jax.random.key(2), lambda z, g: 0.2 * z, lambda t: sched({}, t), V)
     D_ = math.prod(shape[1:])
-    loss = lambda name, **p: L.training_loss_per_example(terms, W.get_weighting(name, **p), D_)  # noqa: E731
-    np.testing.assert_allclose(loss("elbo"), terms["bpd"], rtol=1e-6)
-    np.testing.assert_allclose(loss("sigmoid", bias=1e4), terms["diffusion"], rtol=1e-5)
-    np.testing.assert_allclose(loss("eps_mse"), terms["eps_mse"], rtol=1e-6)
-    assert float(jnp.min(terms["bpd"] * D_ * math.log(2) - terms["diffusion"])) > 0  # the elbo loss is not L_inf
+
+    def terms(name, **p):
+        return L.elbo_terms(x_int, jax.random.key(2), lambda z, g: 0.2 * z, lambda t: sched({}, t), V,
+                            weighting=W.get_weighting(name, **p))
+
+    elbo = terms("elbo")
+    np.testing.assert_array_equal(elbo["loss"], elbo["bpd"])
+    np.testing.assert_allclose(terms("sigmoid", bias=1e4)["loss"], elbo["bpd"], rtol=1e-6)
+    eps_error = 2.0 * elbo["diffusion"] / 12.0  # L_inf = gamma'/2 ||eps - eps_hat||^2, gamma' = 12
+    eps_mse = terms("eps_mse")
+    np.testing.assert_allclose(eps_mse["loss_diffusion"], eps_error / (D_ * math.log(2)), rtol=1e-5)
+    np.testing.assert_allclose(eps_mse["loss"], elbo["bpd_prior"] + elbo["bpd_reconstruction"] + eps_mse["loss_diffusion"],
+                               rtol=1e-5)
+    assert float(jnp.min(elbo["bpd_diffusion"] - eps_mse["loss_diffusion"])) > 0  # not the same number

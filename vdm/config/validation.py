@@ -114,6 +114,13 @@ _NON_NEGATIVE = (
 _FRACTIONS = ("model.dropout", "model.label_dropout", "optim.b1", "optim.b2", "optim.ema_decay")
 
 
+def trains_schedule_endpoints(config) -> bool:
+    """Whether the training loss's gradient may move a learned schedule's endpoints: only under w = 1 ('elbo'),
+    where the prior and reconstruction terms balance gamma_0 and gamma_1 (`validate` refuses other weightings with
+    learned endpoints, except the variance objective, which then pins them)."""
+    return config.loss.weighting == "elbo"
+
+
 def flatten(cfg, prefix="") -> dict:
     """{"a.b": value} for every leaf of a ConfigDict."""
     out = {}

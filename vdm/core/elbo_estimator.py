@@ -37,7 +37,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from vdm.core import diffusion, losses
+from vdm.core import diffusion, losses, objective
 from vdm.core.schedules import gamma_and_derivative
 from vdm.registry import Registry
 
@@ -133,8 +133,8 @@ def diffusion_estimate(x, keys, eps_hat_fn, gamma_fn, num_steps: int = 0, points
     else:
         gamma_0, gamma_1 = gamma_fn(jnp.array([0.0, 1.0]))
         gamma, weight = TIME_DENSITIES.lookup(density).fn(u, gamma_fn, gamma_0, gamma_1)
-    error = jax.lax.map(lambda eg: losses.squared_eps_error(x, *eg, eps_hat_fn), (eps, gamma))  # [K, B]
-    return 0.5 * jnp.mean(weight * error, axis=0)
+    point_losses = jax.lax.map(lambda ewg: objective.diffusion_loss(x, *ewg, eps_hat_fn)[1], (eps, gamma, weight))
+    return jnp.mean(point_losses, axis=0)  # [K, B] -> [B]
 
 
 def elbo_estimate(x_int, keys, eps_hat_fn, gamma_fn, vocab_size: int, num_steps: int = 0, points: int = 8,

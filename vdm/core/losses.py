@@ -9,8 +9,12 @@ Data are integers x in {0, ..., V-1}^D, mapped to x~ = 2 (x + 1/2) / V - 1 in
     diffusion      = L_T (num_steps = T) or L_inf (num_steps = 0)
 
 Callables:
-    eps_hat_fn(z [B, ...], gamma [B]) -> eps_hat [B, ...]
-    gamma_fn(t [B]) -> gamma [B]      (elementwise, strictly increasing)
+    eps_hat_fn(z [B, ...], gamma) -> eps_hat [B, ...]
+    gamma_fn(t [B]) -> gamma          (strictly increasing in t; gamma [B], one noise level per example,
+                                      or [B, ...] of the data's shape, one per dimension)
+
+The diffusion term is `vdm.core.objective.diffusion_loss`; `elbo_terms` adds the prior and the
+reconstruction and gives the training loss of any weighting.
 
 Every function returns per-example values ``[B]`` in nats unless named otherwise.
 """
@@ -22,28 +26,22 @@ import math
 import jax
 import jax.numpy as jnp
 
-from vdm.core import diffusion
+from vdm.core import diffusion, objective
 from vdm.core.schedules import gamma_and_derivative
 
 __all__ = [
     "scale_data",
     "bin_centers",
     "low_discrepancy_times",
-    "diffusion_loss",
-    "diffusion_loss_and_eps_error",
-    "weighted_diffusion_loss",
-    "weighted_loss_from_error",
-    "training_loss_per_example",
-    "simple_loss",
     "prior_kl",
     "decoder_logits",
     "decoder_log_probs",
     "reconstruction_loss",
     "elbo_noise",
     "elbo_terms",
+    "endpoint_gammas",
     "with_totals",
-    "squared_eps_error",
-    "bits_per_dim",
+    "to_bits_per_dim",
     "variance_minimizing_value_and_grad",
 ]
 
@@ -75,112 +73,6 @@ def low_discrepancy_times(key, batch_size: int, start_index=0, global_batch_size
     u = jax.random.uniform(key, ())
     i = start_index + jnp.arange(batch_size)
     return jnp.mod(u + i / n, 1.0)
-
-
-def squared_eps_error(x, eps, gamma, eps_hat_fn):
-    """||eps - eps_hat(z; gamma)||^2 per example at z = alpha x + sigma eps, [B]."""
-    z = diffusion.q_sample(x, gamma, eps)
-    return _sum_except_batch(jnp.square(eps - eps_hat_fn(z, gamma)))
-
-
-def diffusion_loss(x, eps, t, eps_hat_fn, gamma_fn, num_steps: int = 0, gammas_t=None):
-    """Diffusion term of the ELBO, one Monte-Carlo sample per example.
-
-    Continuous time (num_steps = 0):  L_inf = 1/2 gamma'(t) ||eps - eps_hat(z_t; gamma_t)||^2.
-    Discrete time (num_steps = T):    t is mapped to ceil(t T) / T (0 -> 1/T), s = t - 1/T,
-                                      L_T = T/2 expm1(gamma_t - gamma_s) ||eps - eps_hat(z_t; gamma_t)||^2.
-
-    Args:
-      x: data in the network's scale [B, ...] (for images: `scale_data(x_int, V)`).
-      eps: N(0, I) noise, x's shape. t: times in [0, 1), [B].
-      eps_hat_fn, gamma_fn: see module docstring. num_steps: T, or 0 for continuous time.
-      gammas_t: continuous time only: (gamma(t), gamma'(t)), each [B], given instead of
-        computed from gamma_fn (see `variance_minimizing_value_and_grad`).
-    Returns:
-      [B] nats; unbiased for the term's expectation over t ~ U[0, 1), eps.
-    """
-    return diffusion_loss_and_eps_error(x, eps, t, eps_hat_fn, gamma_fn, num_steps, gammas_t)[0]
-
-
-def diffusion_loss_and_eps_error(x, eps, t, eps_hat_fn, gamma_fn, num_steps: int = 0, gammas_t=None):
-    """(L [B], ||eps - eps_hat||^2 [B]): `diffusion_loss` and the squared error it weights, one network call.
-
-    Any other weighting of the same error (DDPM's L_simple = error / D) reuses the
-    network evaluation instead of drawing its own z_t.
-    """
-    return _diffusion_parts(x, eps, t, eps_hat_fn, gamma_fn, num_steps, gammas_t)[:2]
-
-
-def _diffusion_parts(x, eps, t, eps_hat_fn, gamma_fn, num_steps: int = 0, gammas_t=None):
-    """(L, ||eps - eps_hat||^2, gamma_t, rate), each [B]: L = 1/2 rate ||eps - eps_hat||^2.
-
-    rate = gamma'(t) in continuous time, T expm1(gamma_t - gamma_s) in discrete time.
-    """
-    t = jnp.asarray(t, jnp.float32)
-    if gammas_t is not None and num_steps:
-        raise ValueError("gammas_t is for continuous time (num_steps = 0) only")
-    if num_steps == 0:
-        gamma, dgamma = gamma_and_derivative(gamma_fn, t) if gammas_t is None else gammas_t
-        error = squared_eps_error(x, eps, gamma, eps_hat_fn)
-        return 0.5 * dgamma * error, error, gamma, dgamma
-    T = num_steps
-    t = jnp.maximum(jnp.ceil(t * T), 1.0) / T
-    gamma_t, gamma_s = gamma_fn(t), gamma_fn(t - 1.0 / T)
-    error = squared_eps_error(x, eps, gamma_t, eps_hat_fn)
-    rate = T * jnp.expm1(gamma_t - gamma_s)
-    return 0.5 * rate * error, error, gamma_t, rate
-
-
-def weighted_loss_from_error(eps_error, gamma, dgamma, weighting, num_dims: int):
-    """L_w = 1/2 w(lambda_t) (-d lambda_t / dt) ||eps - eps_hat||^2 [B] nats, lambda = -gamma, from a computed error.
-
-    eps_error: ||eps - eps_hat(z_t; lambda_t)||^2 [B]; gamma, dgamma: gamma(t), gamma'(t) = -d lambda / dt [B].
-    weighting: a `vdm.core.weightings.get_weighting` (or any callable w(lambda)); a schedule-defined one
-      (eps_mse) with its own `per_example` computes that number its own way (eps_mse: error / D, the same
-      number as 1/2 (2 / D) error).
-    """
-    entry = getattr(weighting, "entry", None)
-    if entry is not None and entry.per_example is not None:
-        return entry.per_example(eps_error, num_dims)
-    lam = -gamma
-    if hasattr(weighting, "loss_weight"):
-        factor = weighting.loss_weight(lam, dgamma, num_dims)
-    else:
-        factor = weighting(lam) * dgamma
-    return 0.5 * factor * eps_error
-
-
-def weighted_diffusion_loss(x, eps, t, eps_hat_fn, gamma_fn, weighting, gammas_t=None):
-    """Weighted diffusion loss (continuous time), one Monte-Carlo sample per example, [B] nats.
-
-        L_w = 1/2 w(lambda_t) (-d lambda_t / dt) ||eps - eps_hat(z_t; lambda_t)||^2,  lambda = -gamma
-
-    With w = 1 (`get_weighting('elbo')`) this is `diffusion_loss`. For a weighting of lambda
-    alone its expectation over t ~ U[0, 1) depends on the schedule only through gamma(0), gamma(1)
-    (`vdm.core.weightings`). Args as `diffusion_loss`; weighting: `vdm.core.weightings.get_weighting(...)`
-    or a callable w(lambda).
-    """
-    _, error, gamma, dgamma = _diffusion_parts(x, eps, t, eps_hat_fn, gamma_fn, 0, gammas_t)
-    return weighted_loss_from_error(error, gamma, dgamma, weighting, math.prod(x.shape[1:]))
-
-
-def training_loss_per_example(terms, weighting, num_dims: int):
-    """The per-example training loss of a weighting from `elbo_terms` (one network evaluation), [B].
-
-    elbo: the whole ELBO in bits/dim (`terms['bpd']`: prior and reconstruction included, what trains
-    learned endpoints). Any other weighting: its diffusion loss L_w in nats (`weighted_loss_from_error`
-    on the diffusion term's own error, gamma and gamma'); eps_mse gives exactly `terms['eps_mse']`,
-    DDPM's L_simple as trained before the weightings existed.
-    """
-    if getattr(weighting, "name", None) == "elbo":
-        return terms["bpd"]
-    return weighted_loss_from_error(terms["eps_error"], terms["gamma_t"], terms["dgamma_t"], weighting, num_dims)
-
-
-def simple_loss(x, eps, t, eps_hat_fn, gamma_fn):
-    """DDPM's L_simple: mean over dimensions of ||eps - eps_hat(z_t)||^2, [B]. A training objective, not a bound."""
-    gamma = gamma_fn(jnp.asarray(t, jnp.float32))
-    return squared_eps_error(x, eps, gamma, eps_hat_fn) / math.prod(x.shape[1:])
 
 
 def prior_kl(x, gamma_1):
@@ -251,8 +143,8 @@ def reconstruction_loss(x_int, z_0, gamma_0, vocab_size: int, window: int = 0):
     return jax.lax.cond(exact, windowed, full, None)
 
 
-def bits_per_dim(nats, num_dims: int):
-    """nats / (D ln 2)."""
+def to_bits_per_dim(nats, num_dims: int):
+    """nats / (D ln 2): a per-example number of nats as bits per dimension."""
     return nats / (num_dims * math.log(2.0))
 
 
@@ -269,52 +161,62 @@ def elbo_noise(key, shape, t=None) -> dict:
     return {"t": t, "eps_0": jax.random.normal(key_0, shape), "eps": jax.random.normal(key_eps, shape)}
 
 
-def elbo_terms(x_int, noise, eps_hat_fn, gamma_fn, vocab_size: int, num_steps: int = 0, gammas_t=None,
-               decoder_window: int = 0):
-    """All three ELBO terms and the total, per example, in nats and bits/dim, from one network evaluation.
+def elbo_terms(x_int, noise, eps_hat_fn, gamma_fn, vocab_size: int, num_steps: int = 0,
+               weighting=objective.ELBO_WEIGHTING, gammas_t=None, decoder_window: int = 0):
+    """The ELBO's three terms, their total and the training loss of `weighting`, per example, from one network call.
+
+    The training loss of every weighting, in bits per dimension (`terms['loss']`):
+
+        (prior + reconstruction + L_w) / (D ln 2)
+
+    is the ELBO itself for w = 1. Under another weighting, prior and reconstruction do not depend on the
+    network (a learned schedule's endpoints train under w = 1 alone), so they only shift the reported number.
 
     Args:
       x_int: integer data [B, ...] in {0..V-1}.
       noise: the draws of `elbo_noise` ({'t', 'eps_0', 'eps'}), or a PRNG key to draw them from.
       eps_hat_fn, gamma_fn: see module docstring. num_steps: T, or 0 for continuous time.
-      gammas_t: optional (gamma(t), gamma'(t)) [B] each, see `diffusion_loss`.
+      weighting: a `vdm.core.weightings.get_weighting(...)` (default w = 1).
+      gammas_t: optional (gamma_t, rate_t) at noise['t'] given instead of computed
+        (`vdm.core.objective.gamma_and_rate`; see `variance_minimizing_value_and_grad`).
       decoder_window: see `reconstruction_loss` (0: every bin).
     Returns:
-      dict of [B] arrays: 'prior', 'reconstruction', 'diffusion', 'total' (nats),
-      'bpd', 'bpd_prior', 'bpd_reconstruction', 'bpd_diffusion' (bits per dimension) and
-      'eps_mse', mean_i (eps - eps_hat)_i^2 at the diffusion term's draw (L_simple):
-      any weighting of the epsilon error reuses this evaluation; 'eps_error' (||eps - eps_hat||^2),
-      'gamma_t' and 'dgamma_t' (gamma'(t); in discrete time T expm1(gamma_t - gamma_s)) at that draw,
-      from which `training_loss_per_example` computes any weighting's loss.
+      dict of [B] arrays: 'prior', 'reconstruction', 'diffusion', 'total' (nats), 'bpd', 'bpd_prior',
+      'bpd_reconstruction', 'bpd_diffusion' (bits/dim), 'loss' (the training loss above) and
+      'loss_diffusion' (its diffusion part L_w, bits/dim).
     """
     x = scale_data(x_int, vocab_size)
-    batch, num_dims = x.shape[0], math.prod(x.shape[1:])
+    num_dims = math.prod(x.shape[1:])
     if not isinstance(noise, dict):
         noise = elbo_noise(noise, x.shape)
-    gamma_01 = gamma_fn(jnp.array([0.0, 1.0]))
-    gamma_0 = jnp.broadcast_to(gamma_01[0], (batch,))
-    gamma_1 = jnp.broadcast_to(gamma_01[1], (batch,))
+    gamma_0, gamma_1 = endpoint_gammas(gamma_fn, x.shape[0])
     z_0 = diffusion.q_sample(x, gamma_0, noise["eps_0"])
-    diffusion_term, eps_error, gamma_t, rate = _diffusion_parts(
-        x, noise["eps"], noise["t"], eps_hat_fn, gamma_fn, num_steps, gammas_t=gammas_t)
-    terms = {
+    gamma_t, rate_t = objective.gamma_and_rate(gamma_fn, noise["t"], num_steps) if gammas_t is None else gammas_t
+    weighted, diffusion_term = objective.diffusion_loss(x, noise["eps"], gamma_t, rate_t, eps_hat_fn, weighting)
+    terms = with_totals({
         "prior": prior_kl(x, gamma_1),
         "reconstruction": reconstruction_loss(x_int, z_0, gamma_0, vocab_size, decoder_window),
         "diffusion": diffusion_term,
-        "eps_mse": eps_error / num_dims,  # DDPM's L_simple at the diffusion term's (t, eps): the same network call
-        "eps_error": eps_error,  # what any weighting of the diffusion loss weights (`weighted_loss_from_error`)
-        "gamma_t": gamma_t,
-        "dgamma_t": rate,
-    }
-    return with_totals(terms, num_dims)
+    }, num_dims)
+    terms["loss"] = to_bits_per_dim(terms["prior"] + terms["reconstruction"] + weighted, num_dims)
+    terms["loss_diffusion"] = to_bits_per_dim(weighted, num_dims)
+    return terms
+
+
+def endpoint_gammas(gamma_fn, batch: int):
+    """(gamma(0), gamma(1)) for a batch: each [B] for a schedule of one number per example, gamma_fn's shape if more."""
+    gamma_01 = gamma_fn(jnp.array([0.0, 1.0]))
+    if gamma_01.ndim == 1:
+        return jnp.broadcast_to(gamma_01[0], (batch,)), jnp.broadcast_to(gamma_01[1], (batch,))
+    return gamma_fn(jnp.zeros((batch,))), gamma_fn(jnp.ones((batch,)))
 
 
 def with_totals(terms: dict, num_dims: int) -> dict:
     """Adds 'total' = prior + reconstruction + diffusion (nats) and 'bpd', 'bpd_<term>' (bits/dim) to `terms`."""
     terms = {**terms, "total": terms["prior"] + terms["reconstruction"] + terms["diffusion"]}
     for name in ("prior", "reconstruction", "diffusion"):
-        terms["bpd_" + name] = bits_per_dim(terms[name], num_dims)
-    terms["bpd"] = bits_per_dim(terms["total"], num_dims)
+        terms["bpd_" + name] = to_bits_per_dim(terms[name], num_dims)
+    terms["bpd"] = to_bits_per_dim(terms["total"], num_dims)
     return terms
 
 

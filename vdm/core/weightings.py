@@ -66,14 +66,13 @@ EDM_PEAK = _edm_peak()  # about -3.31
 
 @dataclasses.dataclass(frozen=True)
 class Weighting:
-    """One weighting. Either `w(lambda, **params)` (a function of the log-SNR alone) or, for a weighting
-    defined under the schedule, `time_weight(lambda, num_dims)` = w(lambda_t) (-d lambda_t / dt).
+    """One weighting: either `w(lambda, **params)`, a function of the log-SNR alone, or, for a weighting
+    defined under the schedule, `time_weight(lambda)` = w(lambda_t) rate_t with rate_t = -d lambda_t / dt
+    (w itself is then time_weight / rate: it depends on the schedule).
 
     params: {name: default}: the parameters, config keys `loss.weighting_<name>`.
     monotone: True if w is non-increasing in lambda (L_w is then an ELBO of noise-augmented data),
       False if not, None if that depends on the schedule. Checked numerically in tests/test_weightings.py.
-    per_example: optional (eps_error [B], num_dims) -> [B] nats for a schedule-defined weighting, the same
-      number as 1/2 time_weight ||eps - eps_hat||^2 computed the way the old objective computed it (bitwise).
     """
 
     description: str
@@ -81,11 +80,10 @@ class Weighting:
     w: Callable | None = None
     time_weight: Callable | None = None
     params: dict = dataclasses.field(default_factory=dict)
-    per_example: Callable | None = None
 
 
 class BoundWeighting:
-    """A `Weighting` with its parameters bound: call it as w(lambda); `loss_weight` gives w(lambda)(-d lambda/dt)."""
+    """A `Weighting` with its parameters bound: w(lambda, rate) and loss_weight(lambda, rate) = w(lambda) rate."""
 
     def __init__(self, name: str, entry: Weighting, params: dict):
         self.name, self.entry, self.params = name, entry, params
@@ -94,19 +92,19 @@ class BoundWeighting:
     def schedule_dependent(self) -> bool:
         return self.entry.w is None
 
-    def __call__(self, lam, neg_dlam_dt=None, num_dims=None):
-        """w(lambda); a schedule-defined weighting also needs -d lambda / dt at lambda and the data's num_dims."""
+    def __call__(self, lam, rate=None):
+        """w(lambda); a schedule-defined weighting also needs rate = -d lambda / dt at lambda."""
         if self.entry.w is not None:
             return self.entry.w(jnp.asarray(lam, jnp.float32), **self.params)
-        if neg_dlam_dt is None or num_dims is None:
-            raise ValueError(f"weighting {self.name!r} depends on the schedule: pass neg_dlam_dt and num_dims")
-        return self.entry.time_weight(jnp.asarray(lam, jnp.float32), num_dims) / neg_dlam_dt
+        if rate is None:
+            raise ValueError(f"weighting {self.name!r} depends on the schedule: pass rate = -d lambda / dt")
+        return self.entry.time_weight(jnp.asarray(lam, jnp.float32)) / rate
 
-    def loss_weight(self, lam, neg_dlam_dt, num_dims):
-        """w(lambda) (-d lambda / dt), the factor of 1/2 ||eps - eps_hat||^2 in L_w."""
+    def loss_weight(self, lam, rate):
+        """w(lambda) rate: the factor of 1/2 (eps - eps_hat)^2 in L_w (`vdm.core.objective.diffusion_loss`)."""
         if self.entry.w is not None:
-            return self.entry.w(jnp.asarray(lam, jnp.float32), **self.params) * neg_dlam_dt
-        return self.entry.time_weight(jnp.asarray(lam, jnp.float32), num_dims)
+            return self.entry.w(jnp.asarray(lam, jnp.float32), **self.params) * rate
+        return self.entry.time_weight(jnp.asarray(lam, jnp.float32))  # lambda has rate's shape
 
     def __repr__(self):
         return f"get_weighting({self.name!r}, **{self.params})"
@@ -130,23 +128,23 @@ WEIGHTINGS = Registry("weighting", {
     "edm_monotonic": Weighting(
         "EDM's w held at its peak value for lambda below the peak (lambda ~ -3.31): monotone",
         monotone=True, w=lambda lam: _edm(jnp.maximum(lam, EDM_PEAK))),
-    # L_simple = mean_i (eps - eps_hat)_i^2 = 1/2 (2 / D) ||eps - eps_hat||^2 at t ~ U(0, 1): time weight 2 / D,
-    # w(lambda) = 2 / (D (-d lambda / dt)). Constant under fixed_linear (monotone); under the cosine schedule
-    # lambda = -2 log tan(pi t / 2), -d lambda / dt = pi / sin(pi t) and w ~ sin(pi t) ~ sech(lambda / 2): not monotone.
+    # ||eps - eps_hat||^2 = 1/2 2 ||eps - eps_hat||^2 at t ~ U(0, 1): time weight 2, w(lambda) = 2 / (-d lambda / dt);
+    # in bits/dim (the training loss's unit) L_w / (D ln 2) = L_simple / ln 2, L_simple = mean_i (eps - eps_hat)_i^2.
+    # Constant under fixed_linear (monotone); under the cosine schedule lambda = -2 log tan(pi t / 2),
+    # -d lambda / dt = pi / sin(pi t) and w ~ sin(pi t) ~ sech(lambda / 2): not monotone.
     "eps_mse": Weighting(
-        "DDPM's L_simple = mean_i (eps - eps_hat)_i^2 at t ~ U(0, 1) under the run's schedule: "
-        "w (-d lambda / dt) = 2 / D (monotone or not depending on the schedule)",
-        monotone=None, time_weight=lambda lam, num_dims: jnp.full_like(lam, 2.0 / num_dims),
-        per_example=lambda eps_error, num_dims: eps_error / num_dims),
+        "DDPM's L_simple: ||eps - eps_hat||^2 at t ~ U(0, 1) under the run's schedule, "
+        "w (-d lambda / dt) = 2 (monotone or not depending on the schedule)",
+        monotone=None, time_weight=lambda lam: jnp.full_like(lam, 2.0)),
     # v = alpha eps - sigma x, v_hat = alpha eps_hat - sigma x_hat with x_hat = (z - sigma eps_hat) / alpha:
     # x - x_hat = -sigma (eps - eps_hat) / alpha, so v - v_hat = (alpha + sigma^2 / alpha)(eps - eps_hat)
     # = (eps - eps_hat) / alpha (alpha^2 + sigma^2 = 1) and ||v - v_hat||^2 = (1 + e^-lambda) ||eps - eps_hat||^2.
-    # mean_i (v - v_hat)_i^2 at t ~ U(0, 1): time weight (2 / D)(1 + e^-lambda). Under the untruncated cosine
+    # ||v - v_hat||^2 at t ~ U(0, 1): time weight 2 (1 + e^-lambda). Under the untruncated cosine
     # schedule w ~ (1 + e^-lambda) sin(pi t) = 2 e^(-lambda / 2): the paper's v-MSE weighting.
     "v_mse": Weighting(
-        "v-prediction MSE mean_i (v - v_hat)_i^2 at t ~ U(0, 1) under the run's schedule: "
-        "w (-d lambda / dt) = (2 / D)(1 + e^-lambda) (monotone or not depending on the schedule)",
-        monotone=None, time_weight=lambda lam, num_dims: (2.0 / num_dims) * (1.0 + jnp.exp(-lam))),
+        "v-prediction MSE ||v - v_hat||^2 at t ~ U(0, 1) under the run's schedule: "
+        "w (-d lambda / dt) = 2 (1 + e^-lambda) (monotone or not depending on the schedule)",
+        monotone=None, time_weight=lambda lam: 2.0 * (1.0 + jnp.exp(-lam))),
 })
 
 

@@ -14,6 +14,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from vdm.config import validation
 from vdm.core import diffusion, elbo_estimator, losses, schedules, weightings
 from vdm.nets import ScoreUNet, make_ops
 from vdm.nets.unet import network_version_problem
@@ -34,6 +35,7 @@ class VDM:
     weighting: str = "elbo"  # loss.weighting, a key of vdm.core.weightings.WEIGHTINGS
     weighting_params: tuple = ()  # ((name, value), ...): its loss.weighting_<name> keys
     interior_objective: str = "elbo"
+    pin_schedule_endpoints: bool = False  # the variance objective under a weighting other than w = 1
     decoder_window: int = 0
     class_conditional: bool = False
     label_dropout: float = 0.0
@@ -72,6 +74,7 @@ class VDM:
             weighting=config.loss.weighting,
             weighting_params=tuple(sorted(weightings.from_loss_config(config.loss).params.items())),
             interior_objective=s.interior_objective,
+            pin_schedule_endpoints=not validation.trains_schedule_endpoints(config),
             decoder_window=config.loss.decoder_window,
             class_conditional=m.class_conditional,
             label_dropout=m.label_dropout,
@@ -142,7 +145,8 @@ class VDM:
         return jax.random.split(key, 3)
 
     def elbo_terms(self, params, batch, key, train=False, noise=None, gammas_t=None):
-        """Per-example ELBO terms (nats and bits/dim), see `vdm.core.losses.elbo_terms`.
+        """Per-example ELBO terms and the training loss (bits/dim) of the run's weighting, one network call
+        (`vdm.core.losses.elbo_terms`).
 
         key: dropout and label-dropout randomness (train=True) and, unless `noise` is
         given, the ELBO's draws (`vdm.core.losses.elbo_noise`).
@@ -154,7 +158,7 @@ class VDM:
         noise = losses.elbo_noise(k_elbo, batch["images"].shape) if noise is None else noise
         return losses.elbo_terms(
             batch["images"], noise, eps_hat_fn, self.gamma_fn(params), self.vocab_size, self.num_steps,
-            gammas_t=gammas_t, decoder_window=self.decoder_window,
+            weighting=self.loss_weighting(), gammas_t=gammas_t, decoder_window=self.decoder_window,
         )
 
     def elbo_estimate(self, params, batch, keys, estimator: elbo_estimator.ElboEstimator):
@@ -170,40 +174,30 @@ class VDM:
         """((scalar loss, per-example terms), grads) of `training_loss`.
 
         With interior_objective = 'variance' (monotone_net, continuous time) the schedule's
-        interior parameters get d/d eta mean(L_i^2) of the per-example training loss instead
-        (`vdm.core.losses.variance_minimizing_value_and_grad`): elbo, L_i = the diffusion term in
-        bits/dim, the paper's variance-minimising schedule; any weighting of lambda alone, L_i = L_w
-        in nats, an adaptive importance sampler of lambda with the endpoints pinned (L_w does not
-        depend on the interior in expectation and has nothing to set the endpoints). The network
-        (and, for elbo, the endpoints) get the plain gradient of the mean loss.
+        interior parameters get d/d eta mean(L_i^2) of the diffusion part of the per-example
+        training loss instead (`vdm.core.losses.variance_minimizing_value_and_grad`): for w = 1 the
+        paper's variance-minimising schedule; for any other weighting of lambda alone an adaptive
+        importance sampler of lambda, with the endpoints pinned (L_w does not depend on the interior in
+        expectation and has nothing to set the endpoints). The network (and, for w = 1, the endpoints)
+        get the plain gradient of the mean loss.
         """
         if self.interior_objective == "elbo":
             return jax.value_and_grad(self.training_loss, has_aux=True)(params, batch, key)
         noise = losses.elbo_noise(self._split(key)[0], batch["images"].shape)  # drawn once, passed on
-        weighting = self.loss_weighting()
 
         def per_example(p, gammas_t):
             terms = self.elbo_terms(p, batch, key, train=True, noise=noise, gammas_t=gammas_t)
-            if self.weighting == "elbo":
-                return terms["bpd"], terms["bpd_diffusion"], terms
-            loss = losses.training_loss_per_example(terms, weighting, self.num_dims)
-            return loss, loss, terms
+            return terms["loss"], terms["loss_diffusion"], terms
 
         return losses.variance_minimizing_value_and_grad(per_example, self.schedule, params, noise["t"],
-                                                         pin_endpoints=self.weighting != "elbo")
+                                                         pin_endpoints=self.pin_schedule_endpoints)
 
     def loss_weighting(self):
         """The training loss's weighting w(lambda) (`vdm.core.weightings.get_weighting`)."""
         return weightings.get_weighting(self.weighting, **dict(self.weighting_params))
 
     def training_loss(self, params, batch, key):
-        """(scalar loss, per-example terms): the mean of the weighting's per-example loss.
-
-        elbo: the ELBO in bits/dim; any other weighting: its diffusion loss L_w in nats
-        (`vdm.core.losses.training_loss_per_example`), from the diffusion term's own squared
-        epsilon error, gamma(t) and gamma'(t): one network evaluation serves the loss and the
-        reported ELBO terms (eps_mse: exactly `terms['eps_mse']`, DDPM's L_simple).
-        """
+        """(scalar loss, per-example terms): the mean over the batch of terms['loss'], the weighting's training
+        loss in bits/dim, (prior + reconstruction + L_w) / (D ln 2) (`vdm.core.losses.elbo_terms`)."""
         terms = self.elbo_terms(params, batch, key, train=True)
-        per_example = losses.training_loss_per_example(terms, self.loss_weighting(), self.num_dims)
-        return jnp.mean(per_example), terms
+        return jnp.mean(terms["loss"]), terms
