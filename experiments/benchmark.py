@@ -46,7 +46,7 @@ from vdm import sampling
 from vdm.config.schema import base_config
 from vdm.config.validation import apply_overrides
 from vdm.core.elbo_estimator import ElboEstimator
-from vdm.training.model import VDM
+from vdm.model import VDM
 from vdm.training.optim import make_optimizer
 from vdm.training.steps import create_train_state, make_eval_step, make_train_step
 

@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from experiments import benchmark  # noqa: E402
 from vdm.config.validation import apply_overrides, load_config_file  # noqa: E402
-from vdm.training.model import VDM  # noqa: E402
+from vdm.model import VDM  # noqa: E402
 from vdm.training.run import num_parameters  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -277,6 +277,13 @@ MUTATIONS = (
              (('h1[..., None] * sp(interior["l2"]["w"])', 'h1[..., None] * interior["l2"]["w"]'),),
              "the learned schedule's middle layer loses its positivity constraint (gamma no longer monotone)",
              ("tests/test_schedules.py", "-k", "monotone_net_is")),
+    Mutation("per_dimension_rate_averaged", "vdm/core/schedules.py",
+             (("    return jax.jvp(gamma_fn, (t,), (jnp.ones_like(t),))",
+               "    gamma, dgamma = jax.jvp(gamma_fn, (t,), (jnp.ones_like(t),))\n"
+               "    mean = jnp.mean(dgamma.reshape(dgamma.shape[0], -1), -1).reshape((-1,) + (1,) * (dgamma.ndim - 1))\n"
+               "    return gamma, jnp.broadcast_to(mean, dgamma.shape)"),),
+             "gamma' averaged over the dimensions of a per-dimension schedule (right for one gamma per example)",
+             ("tests/test_per_dimension.py",)),
     Mutation("sigmoid_weighting_reversed", "vdm/core/weightings.py",
              (("w=lambda lam, bias: jax.nn.sigmoid(bias - lam)", "w=lambda lam, bias: jax.nn.sigmoid(lam - bias)"),),
              "the sigmoid weighting increasing in lambda (weights clean images most)",

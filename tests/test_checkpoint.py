@@ -13,7 +13,7 @@ from vdm.config.validation import load_config_file
 from vdm.data import pipeline as data
 from vdm.errors import CheckpointError, WorkdirError
 from vdm.training import checkpoint, optim, workdirs
-from vdm.training.model import VDM
+from vdm.model import VDM
 from vdm.training.steps import create_train_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

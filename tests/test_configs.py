@@ -18,7 +18,7 @@ import pytest
 
 from vdm.config.validation import ConfigError, apply_overrides, load_config_file, load_config_module, validate
 from vdm.data import datasets, pipeline as data
-from vdm.training.model import VDM
+from vdm.model import VDM
 from vdm.training.optim import make_optimizer
 from vdm.training.steps import create_train_state, make_eval_step, make_train_step
 

@@ -10,7 +10,7 @@ import pytest
 from vdm.config.validation import load_config_file
 from vdm.data import pipeline as data
 from vdm.training import classifier
-from vdm.training.model import VDM
+from vdm.model import VDM
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -65,7 +65,7 @@ def test_unsupported_settings_fall_back_to_lax():
 
 def _model(**overrides):
     from vdm.config.validation import apply_overrides, load_config_file
-    from vdm.training.model import VDM
+    from vdm.model import VDM
 
     c = apply_overrides(load_config_file("configs/tiny.py"), {
         "model.channels": 16, "model.num_blocks": 2, "model.dropout": 0.1, "model.scan_blocks": True,
@@ -194,7 +194,7 @@ def test_bfloat16_model_close_to_float32_and_trains():
 
     from vdm.config.validation import apply_overrides, load_config_file
     from vdm.training import optim
-    from vdm.training.model import VDM
+    from vdm.model import VDM
     from vdm.training.steps import create_train_state, make_train_step
 
     images = load_digits().images.astype(np.int32)[..., None]  # 0..16: V = 17

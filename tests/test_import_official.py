@@ -147,7 +147,7 @@ def test_the_official_schedules_import_exactly():
                        "l3": {"kernel": rng.normal(0, 3, (1024, 1)).astype(np.float32)}}
     config, keys = official_params.configure(cifar10_config(data__image_shape="(8, 8, 3)"), params)
     assert keys["schedule.name"] == "official_nnet"
-    from vdm.training.model import VDM
+    from vdm.model import VDM
 
     model = VDM.from_config(config)
     ours = official_params.map_params(params, model)
@@ -238,7 +238,7 @@ def test_the_paper_sized_official_tree_imports_with_nothing_left_over():
                                  "model.fourier_features", "schedule.name")} == {
         "model.channels": 128, "model.num_blocks": 32, "model.attention_per_block": False, "model.cond_dim": 1,
         "model.fourier_features": True, "schedule.name": "learned_linear"}
-    from vdm.training.model import VDM
+    from vdm.model import VDM
 
     params = official_params.map_params(tree, VDM.from_config(config))
     assert sum(x.size for x in jax.tree.leaves(params)) == 30_578_181

@@ -183,7 +183,7 @@ def _tree_rel(a, b):
 @pytest.fixture(scope="module")
 def variance_setup():
     from vdm.config.validation import apply_overrides, load_config_file
-    from vdm.training.model import VDM
+    from vdm.model import VDM
 
     config = apply_overrides(load_config_file("configs/tiny.py"), {
         "schedule.name": "monotone_net", "schedule.width": 16, "schedule.interior_objective": "variance",

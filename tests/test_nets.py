@@ -8,7 +8,7 @@ import pytest
 from vdm.config.validation import load_config_file
 from vdm.nets import ScoreUNet
 from vdm.nets.layers import AttnBlock, Base2FourierFeatures, ResnetBlock
-from vdm.training.model import VDM
+from vdm.model import VDM
 
 
 def _count(tree):

@@ -149,7 +149,7 @@ def test_variational_dequantisation_of_an_exact_discrete_model_gives_its_entropy
     means = np.stack(np.meshgrid(values, values, indexing="ij"), -1).reshape(-1, 2)
     atoms = mixture.GaussianMixture(np.full(V * V, 1.0 / V**2), means, np.tile(np.eye(2) * 1e-8, (V * V, 1, 1)))
     x_int = jax.random.randint(jax.random.key(0), (256, 2), 0, V)
-    bpd = likelihood.bits_per_dim(x_int, atoms.eps_hat, gamma_fn, V, jax.random.key(1), dequantization="variational")
+    bpd = likelihood.ode_bits_per_dim(x_int, atoms.eps_hat, gamma_fn, V, jax.random.key(1), dequantization="variational")
     assert abs(float(jnp.mean(bpd)) - 2.0) < 0.02, float(jnp.mean(bpd))
 
 
@@ -160,7 +160,7 @@ def test_uniform_dequantisation_bounds_the_binned_probability_of_the_model():
     V, s = 8, 0.8
     wide = mixture.GaussianMixture(np.ones(1), np.zeros((1, 2)), np.eye(2)[None] * (s**2 - float(jax.nn.sigmoid(-10.0))))
     x_int = jax.random.randint(jax.random.key(0), (512, 2), 0, V)
-    bpd = likelihood.bits_per_dim(x_int, wide.eps_hat, gamma_fn, V, jax.random.key(1), dequantization="uniform",
+    bpd = likelihood.ode_bits_per_dim(x_int, wide.eps_hat, gamma_fn, V, jax.random.key(1), dequantization="uniform",
                                   rtol=1e-6, atol=1e-6)
     lo = (2 * np.asarray(x_int) / V - 1)
     p_bin = norm.cdf((lo + 2 / V) / s) - norm.cdf(lo / s)

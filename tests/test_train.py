@@ -12,7 +12,7 @@ from vdm.config.validation import load_config_file
 from vdm.data import pipeline as data
 from vdm.training import optim
 from vdm.training.evaluation import evaluate
-from vdm.training.model import VDM
+from vdm.model import VDM
 from vdm.training.steps import create_train_state, make_eval_step, make_train_step
 
 

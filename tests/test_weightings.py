@@ -242,7 +242,7 @@ def test_demo_training_loss_and_gradients_are_l_simple_over_ln_2():
     unit of every training loss is bits/dim; a narrower network, to compile fast). The prior and reconstruction
     terms the loss also carries have no gradient under the fixed schedule."""
     from vdm.config.validation import apply_overrides, load_config_file
-    from vdm.training.model import VDM
+    from vdm.model import VDM
 
     config = apply_overrides(load_config_file("configs/digits.py"), {"model.channels": 16, "model.num_blocks": 1})
     assert config.loss.weighting == "eps_mse" and config.schedule.name == "alpha_cosine"
@@ -415,7 +415,7 @@ def test_adaptive_schedule_trains_the_network_on_l_w_and_the_interior_on_its_squ
     """The trainer's path (`VDM.loss_and_grads`): network gradient of mean(L_w), interior gradient of mean(L_w^2)
     (brute force through the whole model), endpoints zero."""
     from vdm.config.validation import apply_overrides, load_config_file
-    from vdm.training.model import VDM
+    from vdm.model import VDM
 
     config = apply_overrides(load_config_file("configs/tiny.py"), {
         "schedule.name": "monotone_net", "schedule.width": 16, "schedule.interior_objective": "variance",

@@ -7,15 +7,16 @@ The sub-packages are layers; each imports only from those listed before it:
     vdm.data       the datasets and the input pipeline
     vdm.sampling   samplers (SAMPLERS), the SDE / ODE view, the ODE likelihood, guidance
     vdm.metrics    sample-quality measures
-    vdm.config     the config schema and its validation
-    vdm.training   the model glue (VDM), train / eval steps, the run loop, evaluation, checkpoints
+    vdm.config     the config schema, its validation, and the migrations that keep old configs and workdirs loading
+    vdm.model      the model glue: VDM (network + schedule + decoder -> the ELBO and the training loss)
+    vdm.training   what a run does in its workdir: train / eval steps, the run loop, evaluation, checkpoints
     vdm.main       the command line: python -m vdm.main
 
 In a notebook (README, "In a notebook"):
 
     run = vdm.load_run("runs/demo")                        # config, model, EMA parameters
     images = vdm.sample(run.model, run.params, jax.random.key(0), 16, sampler="ddim", num_steps=50)
-    vdm.bits_per_dim(run.model, run.params, vdm.load_dataset("digits").test.images)["bpd"]
+    vdm.elbo_bits_per_dim(run.model, run.params, vdm.load_dataset("digits").test.images)["bpd"]
 
 `from vdm import diffusion, losses, schedules, sampling, likelihood, guidance`
 gives those modules. Every name here is imported on first use, so `import vdm`
@@ -34,10 +35,10 @@ _PUBLIC = {
     "sampling": ("vdm.sampling", None),
     "likelihood": ("vdm.sampling.likelihood", None),
     "guidance": ("vdm.sampling.guidance", None),
-    "VDM": ("vdm.training.model", "VDM"),
+    "VDM": ("vdm.model", "VDM"),
     "load_run": ("vdm.training.workdirs", "load_run"),
     "sample": ("vdm.training.generation", "sample"),
-    "bits_per_dim": ("vdm.training.evaluation", "bits_per_dim"),
+    "elbo_bits_per_dim": ("vdm.training.evaluation", "elbo_bits_per_dim"),
     "elbo_terms": ("vdm.core.losses", "elbo_terms"),
     "load_dataset": ("vdm.data.pipeline", "load_dataset"),
     "SCHEDULES": ("vdm.core.schedules", "SCHEDULES"),

@@ -14,7 +14,7 @@ from vdm.config.validation import load_config_file
 from vdm.data import pipeline as data
 from vdm.errors import DataError
 from vdm.training import distributed, evaluation, optim
-from vdm.training.model import VDM
+from vdm.model import VDM
 from vdm.training.generation import sample
 from vdm.training.steps import create_train_state, make_train_step
 

@@ -4,7 +4,9 @@ Every config derives from the schema `vdm.config.schema.base_config()`, which
 defines every key and its type; an override may change values, never add keys
 or change a type. Config files are plain Python files loaded by path
 (`load_config_file`); one that derives from a sibling file loads it by path
-too, relative to its own `__file__`, so no import path is needed.
+too, relative to its own `__file__`, so no import path is needed. A key that
+moved is mapped, and one that was removed stops naming what replaced it
+(`vdm.config.migrations`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import types
 
 import ml_collections
 
+from vdm.config.migrations import MOVED_KEYS, REMOVED_KEYS, migrate, moved_key_error, removed_key_error
 from vdm.config.schema import base_config
 from vdm.errors import ConfigError  # noqa: F401  (re-exported)
 
@@ -28,57 +31,6 @@ _CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
     "eval.matmul_precision": ("highest", "high", "default"),
 }
-
-# Keys that existed once, with what replaced them: a config that sets one stops with this line; a workdir's
-# config.json that has one loads without it (`vdm.training.workdirs.load_config`).
-REMOVED_KEYS = {
-    "model.fast_attention": "the CPU-tuned forms are chosen together by 'model.impl' (auto | reference | cpu)",
-    "model.fast_norm": "the CPU-tuned forms are chosen together by 'model.impl' (auto | reference | cpu)",
-    "model.fast_dropout_rng": "the CPU-tuned forms are chosen together by 'model.impl' (auto | reference | cpu)",
-    "model.loop_friendly_conv": "the CPU-tuned forms are chosen together by 'model.impl' (auto | reference | cpu)",
-}
-
-
-def removed_key_error(key: str) -> ConfigError:
-    return ConfigError(f"config key '{key}' was removed: {REMOVED_KEYS[key]}")
-
-
-# Keys that moved, with the key that took their place and how each old value maps: a config file that sets one
-# (`load_config_file`), a command-line override of one (`parse_override`) and a workdir's config.json that has one
-# (`vdm.training.workdirs.load_config`) are mapped; a config built in code that still has one stops (`validate`).
-MOVED_KEYS = {
-    "loss.objective": ("loss.weighting", {"elbo": "elbo", "simple": "eps_mse"}),
-}
-
-
-def moved_key_error(key: str, value=None) -> ConfigError:
-    new, mapping = MOVED_KEYS[key]
-    values = ", ".join(f"{old!r} -> {val!r}" for old, val in mapping.items())
-    got = "" if value is None else f" (got {value!r})"
-    return ConfigError(f"config key '{key}' moved to '{new}' ({values}){got}")
-
-
-def migrate(config):
-    """Maps the moved keys (`MOVED_KEYS`) of a ConfigDict in place to their new keys; returns it.
-
-    ConfigError if an old value has no mapping, or if the config also sets the new key to another value.
-    """
-    for old, (new, mapping) in MOVED_KEYS.items():
-        old_section, old_name = old.split(".")
-        new_section, new_name = new.split(".")
-        section = config.get(old_section)
-        if section is None or old_name not in section:
-            continue
-        value = section[old_name]
-        if value not in mapping:
-            raise moved_key_error(old, value)
-        current, default = config[new_section].get(new_name), base_config()[new_section][new_name]
-        if current not in (default, mapping[value]):
-            raise ConfigError(f"config key '{old}' = {value!r} (moved to '{new}' = {mapping[value]!r}) contradicts "
-                              f"'{new}' = {current!r}; set '{new}' only")
-        del section[old_name]
-        config[new_section][new_name] = mapping[value]
-    return config
 
 
 def registries() -> dict:

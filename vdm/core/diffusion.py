@@ -5,9 +5,11 @@ Everything is parameterised by the log-SNR's negative, gamma = -log SNR:
     sigma^2 = sigmoid(gamma),  alpha^2 = sigmoid(-gamma),  SNR = exp(-gamma).
 
 Shapes: ``x``, ``z``, ``eps`` are float arrays ``[B, ...]``. ``gamma`` is a
-scalar, ``[B]`` or already broadcastable ``[B, 1, ..., 1]``; a ``[B]`` gamma is
-reshaped to ``[B, 1, ..., 1]`` against the data it is combined with. Returned
-means have the data's shape; returned variances broadcast against it.
+scalar, ``[B]`` (one noise level per example), ``[B, 1, ..., 1]``, or the data's
+whole shape ``[B, ...]`` (one per dimension); a ``[B]`` gamma is reshaped to
+``[B, 1, ..., 1]`` against the data it is combined with. Every formula is
+elementwise, so each holds per dimension. Returned means have the data's shape;
+returned variances broadcast against it.
 
 All formulas use the stable sigmoid / log-sigmoid / expm1 forms, so they stay
 finite in float32 for gamma in [-30, 30].
@@ -26,6 +28,7 @@ from vdm.registry import Registry
 __all__ = [
     "alpha_sigma",
     "expand_gamma",
+    "log_snr",
     "q_sample",
     "transition",
     "posterior",
@@ -45,12 +48,19 @@ __all__ = [
 
 
 def expand_gamma(gamma, like):
-    """Reshapes a scalar / [B] / [B,1,..,1] gamma so it broadcasts against `like` [B, ...]."""
+    """Reshapes a scalar / [B] / [B,1,..,1] gamma so it broadcasts against `like` [B, ...]; one of like's shape
+    (a gamma per dimension) passes as it is."""
     gamma = jnp.asarray(gamma)
     like = jnp.asarray(like)
     if gamma.ndim == 1 and like.ndim > 1:
         gamma = gamma.reshape(gamma.shape + (1,) * (like.ndim - 1))
     return gamma
+
+
+def log_snr(gamma):
+    """lambda = log SNR = log(alpha^2 / sigma^2) = -gamma: the log-SNR of the weightings and the ELBO's integral
+    (DPM-Solver's lambda is half of it, log(alpha / sigma); `vdm.sampling.dpm_solver` calls that half_log_snr)."""
+    return -jnp.asarray(gamma)
 
 
 def alpha_sigma(gamma):

@@ -58,7 +58,7 @@ def _log_snr_uniform(u, gamma_fn, gamma_0, gamma_1):
 
 def _schedule(u, gamma_fn, gamma_0, gamma_1):
     gamma, dgamma = gamma_and_derivative(gamma_fn, u.reshape(-1))
-    return gamma.reshape(u.shape), dgamma.reshape(u.shape)
+    return gamma.reshape(u.shape + gamma.shape[1:]), dgamma.reshape(u.shape + gamma.shape[1:])
 
 
 TIME_DENSITIES = Registry("time density", {
@@ -127,11 +127,15 @@ def diffusion_estimate(x, keys, eps_hat_fn, gamma_fn, num_steps: int = 0, points
         T = num_steps
         t = (jnp.arange(1.0, T + 1.0)[:, None] if enumerate_steps else jnp.maximum(jnp.ceil(u * T), 1.0)) / T
         t = jnp.broadcast_to(t, u.shape)
-        gamma_t = gamma_fn(t.reshape(-1)).reshape(u.shape)
-        gamma_s = gamma_fn((t - 1.0 / T).reshape(-1)).reshape(u.shape)
+        gamma_t = gamma_fn(t.reshape(-1))
+        gamma_t = gamma_t.reshape(u.shape + gamma_t.shape[1:])
+        gamma_s = gamma_fn((t - 1.0 / T).reshape(-1)).reshape(gamma_t.shape)
         gamma, weight = gamma_t, T * jnp.expm1(gamma_t - gamma_s)
     else:
         gamma_0, gamma_1 = gamma_fn(jnp.array([0.0, 1.0]))
+        if gamma_0.ndim and density != "schedule":
+            raise ValueError(f"eval.time_density {density!r} samples one log-SNR for all dimensions; a schedule of one "
+                             "gamma per dimension makes L_inf depend on its path in gamma-space: use 'schedule'")
         gamma, weight = TIME_DENSITIES.lookup(density).fn(u, gamma_fn, gamma_0, gamma_1)
     point_losses = jax.lax.map(lambda ewg: objective.diffusion_loss(x, *ewg, eps_hat_fn)[1], (eps, gamma, weight))
     return jnp.mean(point_losses, axis=0)  # [K, B] -> [B]
@@ -147,7 +151,7 @@ def elbo_estimate(x_int, keys, eps_hat_fn, gamma_fn, vocab_size: int, num_steps:
     """
     x = losses.scale_data(x_int, vocab_size)
     key_0, key_diffusion = jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0)
-    gamma_0, gamma_1 = (jnp.broadcast_to(g, x.shape[:1]) for g in gamma_fn(jnp.array([0.0, 1.0])))
+    gamma_0, gamma_1 = losses.endpoint_gammas(gamma_fn, x.shape[0])
     eps_0 = jax.vmap(lambda k: jax.random.normal(k, x.shape[1:]))(key_0)
     terms = {
         "prior": losses.prior_kl(x, gamma_1),

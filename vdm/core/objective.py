@@ -42,7 +42,7 @@ def diffusion_loss(x, eps, gamma_t, rate_t, eps_hat_fn, weighting=ELBO_WEIGHTING
     """
     eps_hat = eps_hat_fn(diffusion.q_sample(x, gamma_t, eps), gamma_t)
     squared_error = jnp.square(eps - eps_hat)
-    loss_weight = weighting.loss_weight(-gamma_t, rate_t)
+    loss_weight = weighting.loss_weight(diffusion.log_snr(gamma_t), rate_t)
     return _half_weighted_sum(loss_weight, squared_error), _half_weighted_sum(rate_t, squared_error)
 
 

@@ -1,12 +1,12 @@
 """Networks (Flax linen): what predicts the noise, and the classifier that guidance can use.
 
-    unet.py         ScoreUNet, the VDM score network: a U-Net without downsampling; NETWORK_VERSION
+    unet.py         ScoreUNet, the VDM score network: a U-Net without downsampling
     layers.py       its blocks: ResNet block, attention, GroupNorm groups, Fourier features, embeddings
     ops.py          Ops: how convolutions, norms, attention and dropout run (model.impl, model.dtype)
     cpu/            CPU-tuned forms of those operations (same functions, faster on XLA:CPU)
 """
 
 from vdm.nets.ops import Ops, make_ops
-from vdm.nets.unet import NETWORK_VERSION, ScoreUNet
+from vdm.nets.unet import ScoreUNet
 
-__all__ = ["NETWORK_VERSION", "Ops", "ScoreUNet", "make_ops"]
+__all__ = ["Ops", "ScoreUNet", "make_ops"]

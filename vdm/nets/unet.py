@@ -20,39 +20,9 @@ import jax.numpy as jnp
 from vdm.nets.layers import RECOMPUTE_POLICY, AttnBlock, Base2FourierFeatures, ResnetBlock, num_groups, timestep_embedding
 from vdm.nets.ops import Ops
 
-# What the network computes for its parameters. Checkpoints and config.json record it; a change that keeps the
-# parameter shapes but changes the function gets a new number and a line here (`vdm.training.checkpoint`).
-NETWORK_VERSION = 2
-NETWORK_VERSIONS = {
-    1: "GroupNorm of gcd(32, C) groups: 32 at widths that 32 divides, as the official network, one channel per "
-       "group below (runs before 2026-11-22 12:00 UTC)",
-    2: "GroupNorm of model.norm_groups groups, by default gcd(32, C/4): groups of >= 4 channels, so the "
-       "per-channel time conditioning is not normalised away at widths under 128",
-}
-
-
-def network_version_problem(stored: int, channels: int, norm_groups: int) -> str | None:
-    """Why parameters written by network version `stored` do not compute, in this network, what they computed there.
-
-    None when they do: the same version, or version 1 at a width that 32 divides where this
-    network's GroupNorms have 32 groups (model.norm_groups = 32, or the default at widths that
-    128 divides). That is the documented migration of version 1: at widths that 32 divides,
-    load it with model.norm_groups = 32. Below (one channel per group) no setting computes it.
-    """
-    if stored == NETWORK_VERSION:
-        return None
-    if stored > NETWORK_VERSION or stored not in NETWORK_VERSIONS:
-        return (f"it was written by network version {stored}, newer than this code's {NETWORK_VERSION} "
-                f"({NETWORK_VERSIONS[NETWORK_VERSION]}); update vdm")
-    migrates = stored == 1 and channels % 32 == 0
-    if migrates and (norm_groups == 32 or (norm_groups == 0 and channels % 128 == 0)):
-        return None
-    fix = ("load it with --config.model.norm_groups=32, the function of version 1 at this width" if migrates else
-           f"no setting of this code computes version {stored}'s function at width {channels}: retrain, or evaluate it "
-           "with the vdm of its time")
-    return (f"it was written by network version {stored} ({NETWORK_VERSIONS[stored]}), this code builds version "
-            f"{NETWORK_VERSION} ({NETWORK_VERSIONS[NETWORK_VERSION]}): the same parameter shapes, another function; "
-            + fix)
+# What this network computes for its parameters is versioned: `vdm.config.migrations.NETWORK_VERSION`, recorded in
+# checkpoints and config.json. A change here that keeps the parameter shapes but changes the function raises it
+# there, with a line in its NETWORK_VERSIONS (and, if old parameters can still compute it, a migration there).
 
 
 class _DownLayer(nn.Module):

@@ -15,11 +15,6 @@ from vdm.core import diffusion, losses
 from vdm.sampling import grids
 
 
-def _step_gammas(gammas, i, num_steps: int, batch: int):
-    """(gamma_s, gamma_t), each [batch], of step i (T - 1 down to 0) on a grid `gammas` [T + 1] from t = 1 to 0."""
-    return jnp.full((batch,), gammas[num_steps - i]), jnp.full((batch,), gammas[num_steps - 1 - i])
-
-
 def ancestral_sample(key, eps_hat_fn, gamma_fn, shape, num_steps: int, grid: str = "uniform_t"):
     """z_0 after T ancestral steps, starting from z_1 ~ N(0, I).
 
@@ -35,11 +30,10 @@ def ancestral_sample(key, eps_hat_fn, gamma_fn, shape, num_steps: int, grid: str
     """
     k_init, k_steps = jax.random.split(key)
     z = jax.random.normal(k_init, shape)
-    batch = shape[0]
-    _, gammas = grids.time_grid(grid, gamma_fn, num_steps)  # [T + 1], from t = 1 down to t = 0
+    _, gamma_at = grids.batch_grid(grid, gamma_fn, num_steps, shape[0])  # T + 1 points, from t = 1 down to t = 0
 
-    def step(z, i):
-        gamma_s, gamma_t = _step_gammas(gammas, i, num_steps, batch)
+    def step(z, i):  # i = T - 1, ..., 0: from point T - 1 - i (t) to point T - i (s)
+        gamma_s, gamma_t = gamma_at(num_steps - i), gamma_at(num_steps - 1 - i)
         mean, var = diffusion.posterior_from_eps(z, eps_hat_fn(z, gamma_t), gamma_s, gamma_t)
         noise = jax.random.normal(jax.random.fold_in(k_steps, i), shape)
         return mean + jnp.sqrt(var) * noise, None
@@ -70,11 +64,10 @@ def ddim_sample(key, eps_hat_fn, gamma_fn, shape, num_steps: int, eta: float = 0
     """
     k_init, k_steps = jax.random.split(key)
     z = jax.random.normal(k_init, shape) if z_1 is None else z_1
-    batch = shape[0]
-    _, gammas = grids.time_grid(grid, gamma_fn, num_steps)  # [T + 1], from t = 1 down to t = 0
+    _, gamma_at = grids.batch_grid(grid, gamma_fn, num_steps, shape[0])  # T + 1 points, from t = 1 down to t = 0
 
     def step(z, i):
-        gamma_s, gamma_t = _step_gammas(gammas, i, num_steps, batch)
+        gamma_s, gamma_t = gamma_at(num_steps - i), gamma_at(num_steps - 1 - i)
         eps_hat = eps_hat_fn(z, gamma_t)
         x_hat = diffusion.x_from_eps(z, eps_hat, gamma_t)
         g_s = diffusion.expand_gamma(gamma_s, z)

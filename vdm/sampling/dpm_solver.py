@@ -1,6 +1,7 @@
 """DPM-Solver++ multistep (Lu et al. 2022): the probability-flow ODE in log-SNR time, data prediction.
 
-With lambda = -gamma / 2 = log(alpha / sigma) (DPM-Solver's lambda, half the log-SNR -gamma) and
+With lambda = -gamma / 2 = log(alpha / sigma) (DPM-Solver's lambda: half the log-SNR `diffusion.log_snr`,
+named `half_log_snr` in the code) and
 the data prediction x_hat(z, gamma) = (z - sigma eps_hat) / alpha, the probability-flow ODE
 (`vdm.sampling.sde`) is dz/dlambda = -alpha^2 z + alpha x_hat, whose linear part integrates
 exactly (variation of constants) from lambda_s to lambda_t = lambda_s + h:
@@ -54,21 +55,21 @@ def phis(h):
     return phi1, jnp.where(small, phi2_series, phi2_direct), jnp.where(small, phi3_series, phi3_direct)
 
 
-def _update(z, preds, lam, gamma, i, order):
+def _update(z, preds, half_log_snrs, gamma_s, gamma_t, i, order):
     """z at grid point i + 1 from z [B, ...] at point i: the step of order min(order, i + 1).
 
     preds: (m0, m1, m2), the data predictions at points i, i - 1, i - 2 (m1, m2 unused early on);
-    lam, gamma: the grid [N + 1]; i: traced step index.
+    half_log_snrs: DPM-Solver's lambda = -gamma / 2 at points (i + 1, i, i - 1, i - 2), the earlier ones
+    clamped to point 0; gamma_s, gamma_t: gamma at points i and i + 1; each broadcasts against z.
+    i: traced step index.
     """
     m0, m1, m2 = preds
-    h = lam[i + 1] - lam[i]
-    h0 = lam[i] - lam[jnp.maximum(i - 1, 0)]
-    h1 = lam[jnp.maximum(i - 1, 0)] - lam[jnp.maximum(i - 2, 0)]
-    h0, h1 = jnp.where(i >= 1, h0, h), jnp.where(i >= 2, h1, h)  # placeholders (never 0) where unused
+    at_next, at_i, at_prev, at_prev2 = half_log_snrs
+    h = at_next - at_i
+    h0, h1 = jnp.where(i >= 1, at_i - at_prev, h), jnp.where(i >= 2, at_prev - at_prev2, h)  # never 0 where unused
     phi1, phi2, phi3 = phis(h)
-    g_s, g_t = gamma[i], gamma[i + 1]
-    sigma_ratio = jnp.exp(0.5 * (jax.nn.log_sigmoid(g_t) - jax.nn.log_sigmoid(g_s)))
-    alpha_t = jnp.sqrt(jax.nn.sigmoid(-g_t))
+    sigma_ratio = jnp.exp(0.5 * (jax.nn.log_sigmoid(gamma_t) - jax.nn.log_sigmoid(gamma_s)))
+    alpha_t = jnp.sqrt(jax.nn.sigmoid(-gamma_t))
     first = sigma_ratio * z - alpha_t * phi1 * m0
     if order == 1:
         return first
@@ -88,9 +89,10 @@ def dpm_solver_pp(key, eps_hat_fn, gamma_fn, shape, num_steps: int, order: int =
                   denoise_final: bool = False, z_1=None):
     """z_0 from z_1 by DPM-Solver++ multistep of `order` (1, 2 or 3) in num_steps network evaluations (NFE).
 
-    eps_hat_fn(z [B, ...], gamma [B]) -> eps_hat: any denoiser, guided ones included.
+    eps_hat_fn(z [B, ...], gamma) -> eps_hat: any denoiser, guided ones included.
     grid: a key of `vdm.sampling.grids.GRIDS` (default: uniform in lambda between the schedule's
-    end points gamma_fn(1) and gamma_fn(0)). z_1: the starting latent (default: N(0, I) from key).
+    end points gamma_fn(1) and gamma_fn(0); a schedule of one gamma per dimension needs a grid placed in t,
+    e.g. 'uniform_t'). z_1: the starting latent (default: N(0, I) from key).
     Deterministic given z_1; one `lax.scan` over the steps. Returns z_0 [B, ...].
     """
     if order not in (1, 2, 3):
@@ -99,24 +101,26 @@ def dpm_solver_pp(key, eps_hat_fn, gamma_fn, shape, num_steps: int, order: int =
     if solver_steps < 1:
         raise ValueError(f"DPM-Solver++ needs num_steps >= {2 if denoise_final else 1}, got {num_steps}")
     z = jax.random.normal(key, shape) if z_1 is None else z_1
-    _, gamma = grids.time_grid(grid, gamma_fn, solver_steps)
-    lam = -0.5 * gamma
-    batch = shape[0]
+    _, gamma_at = grids.batch_grid(grid, gamma_fn, solver_steps, shape[0])
 
-    def x_hat(z, g):
-        g = jnp.full((batch,), g)
+    def gamma(i):  # gamma at grid point i, broadcast against z
+        return diffusion.expand_gamma(gamma_at(i), z)
+
+    def x_hat(z, i):
+        g = gamma_at(i)
         return diffusion.x_from_eps(z, eps_hat_fn(z, g), g)
 
     def step(carry, i):
         z, m1, m2 = carry
-        m0 = x_hat(z, gamma[i])
-        return (_update(z, (m0, m1, m2), lam, gamma, i, order), m0, m1), None
+        m0 = x_hat(z, i)
+        points = (i + 1, i, jnp.maximum(i - 1, 0), jnp.maximum(i - 2, 0))
+        half_log_snrs = tuple(0.5 * diffusion.log_snr(gamma(k)) for k in points)
+        return (_update(z, (m0, m1, m2), half_log_snrs, gamma(i), gamma(i + 1), i, order), m0, m1), None
 
     zeros = jnp.zeros(shape, z.dtype)
     (z, _, _), _ = jax.lax.scan(step, (z, zeros, zeros), jnp.arange(solver_steps))
     if denoise_final:
-        alpha_0 = jnp.sqrt(jax.nn.sigmoid(-gamma[-1]))
-        return alpha_0 * x_hat(z, gamma[-1])
+        return jnp.sqrt(jax.nn.sigmoid(-gamma(solver_steps))) * x_hat(z, solver_steps)
     return z
 
 

@@ -16,10 +16,16 @@ Samplers that only need the noise levels use gamma; the ODE solved in t uses t.
 
 Grids defined in gamma are mapped to t with `vdm.core.schedules.t_from_gamma` (bisection on
 the monotone schedule); their end points are exactly t = 1 and t = 0.
+
+Samplers take their points from `batch_grid`: the times and gamma at each point for a batch, [B] for a
+schedule of one gamma per example, gamma_fn(t_i) of the data's shape [B, ...] for one gamma per
+dimension (then only the grids placed in t, `TIME_GRIDS`, apply: one log-SNR grid cannot serve every
+dimension).
 """
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from vdm.core import schedules
@@ -79,3 +85,24 @@ GRIDS = Registry("time grid", {"uniform_t": uniform_t, "linspace_t": linspace_t,
 def time_grid(name: str, gamma_fn, num_steps: int):
     """(t, gamma), each [num_steps + 1] from t = 1 to t = 0, of the grid `name` (a key of `GRIDS`)."""
     return GRIDS.lookup(name)(gamma_fn, num_steps)
+
+
+TIME_GRIDS = ("uniform_t", "linspace_t")  # placed in t: usable with a schedule of one gamma per dimension
+
+
+def one_gamma_per_example(gamma_fn, batch: int) -> bool:
+    """Whether gamma_fn(t [B]) is [B] (one noise level per example) rather than [B, ...] (one per dimension)."""
+    return jax.eval_shape(gamma_fn, jax.ShapeDtypeStruct((batch,), jnp.float32)).shape == (batch,)
+
+
+def batch_grid(name: str, gamma_fn, num_steps: int, batch: int):
+    """(t [N + 1] from 1 to 0, gamma_at) of the grid `name` for a batch of B; gamma_at(i) is gamma at point i:
+    the grid's own gamma_i as [B], or gamma_fn(t_i) [B, ...] for a schedule of one gamma per dimension."""
+    if one_gamma_per_example(gamma_fn, batch):
+        t, gamma = time_grid(name, gamma_fn, num_steps)
+        return t, lambda i: jnp.full((batch,), gamma[i])
+    if name not in TIME_GRIDS:
+        raise ValueError(f"grid {name!r} places its points in log-SNR, which differs per dimension under a schedule "
+                         f"of one gamma per dimension: use a grid placed in t, {' or '.join(TIME_GRIDS)}")
+    t, _ = time_grid(name, lambda u: u, num_steps)
+    return t, lambda i: gamma_fn(jnp.full((batch,), t[i]))

@@ -14,7 +14,7 @@ trained on noisy data tilts the score, ∇ log p(z | y) = ∇ log p(z) + ∇ log
 Both return an `eps_hat_fn(z, gamma)`, so every sampler in `vdm.sampling`
 uses them unchanged. The classifier network is `vdm.nets.classifier`, its
 training `vdm.training.classifier`; a VDM's guided denoiser is
-`vdm.training.model.VDM.guided_eps_hat_fn`.
+`vdm.model.VDM.guided_eps_hat_fn`.
 """
 
 from __future__ import annotations

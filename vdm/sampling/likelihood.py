@@ -93,8 +93,8 @@ def ode_log_prob(z_0, eps_hat_fn, gamma_fn, key=None, divergence: str = "hutchin
     return prior_log_prob(z_1) + integral, z_1, sol.stats["num_steps"]
 
 
-def bits_per_dim(x_int, eps_hat_fn, gamma_fn, vocab_size: int, key, dequantization: str = "variational",
-                 probe: str = "rademacher", rtol: float = 1e-5, atol: float = 1e-5):
+def ode_bits_per_dim(x_int, eps_hat_fn, gamma_fn, vocab_size: int, key, dequantization: str = "variational",
+                     probe: str = "rademacher", rtol: float = 1e-5, atol: float = 1e-5):
     """Per-example bits/dim [B] of integer data x_int [B, ...] through the ODE, with the named dequantisation."""
     k_deq, k_ode = jax.random.split(key)
     x = losses.scale_data(x_int, vocab_size)

@@ -8,8 +8,9 @@ variance-preserving SDE dz = f z dt + g dW with
 Reverse-time SDE:      dz = [f z − g² ŝ] dt + g dW̄  =  [−½ γ' σ² z + γ' σ ε̂] dt + g dW̄
 Probability-flow ODE:  dz/dt = f z − ½ g² ŝ  =  ½ γ'(t) σ_t (ε̂ − σ_t z)
 
-Every sampler is a pure function of a denoiser `eps_hat_fn(z [B, ...], gamma [B])`,
-a schedule `gamma_fn(t [B]) -> gamma [B]`, a key, a shape and a step count, and
+Every sampler is a pure function of a denoiser `eps_hat_fn(z [B, ...], gamma)`,
+a schedule `gamma_fn(t [B]) -> gamma` ([B], or [B, ...] for one gamma per dimension: γ' is then
+elementwise and every formula above holds per dimension), a key, a shape and a step count, and
 returns z_0 [B, ...] (decode with `vdm.sampling.decode`). Fixed-step samplers are
 one `lax.scan`; the adaptive ODE solver is diffrax's Tsit5 with a PID controller.
 """
@@ -24,7 +25,7 @@ from vdm.sampling import grids
 
 
 def _gamma_dgamma(gamma_fn, t, batch: int):
-    """(γ_t, γ'(t)) each [batch] at a scalar time t."""
+    """(γ_t, γ'(t)) at a scalar time t for a batch: each [batch] (or [batch, ...] for one γ per dimension)."""
     gamma, dgamma = schedules.gamma_and_derivative(gamma_fn, jnp.full((batch,), t, jnp.float32))
     return gamma, dgamma
 
@@ -53,7 +54,7 @@ def ode_sample_heun(key, eps_hat_fn, gamma_fn, shape, num_steps: int, z_1=None, 
     `vdm.sampling.grids.GRIDS` (default t_i = i / T).
     """
     z = jax.random.normal(key, shape) if z_1 is None else z_1
-    ts, _ = grids.time_grid(grid, gamma_fn, num_steps)
+    ts, _ = grids.batch_grid(grid, gamma_fn, num_steps, shape[0])
 
     def step(z, i):
         t, s = ts[i], ts[i + 1]
@@ -86,7 +87,7 @@ def reverse_sde_sample(key, eps_hat_fn, gamma_fn, shape, num_steps: int, grid: s
     grid: the times, a key of `vdm.sampling.grids.GRIDS` (default: jnp.linspace(1, 0, T + 1))."""
     k_init, k_steps = jax.random.split(key)
     z = jax.random.normal(k_init, shape)
-    ts, _ = grids.time_grid(grid, gamma_fn, num_steps)
+    ts, _ = grids.batch_grid(grid, gamma_fn, num_steps, shape[0])
 
     def step(z, i):
         t, dt = ts[i], ts[i] - ts[i + 1]
@@ -152,7 +153,7 @@ def pc_sample(key, eps_hat_fn, gamma_fn, shape, num_steps: int, corrector_steps:
         raise ValueError(f"unknown predictor {predictor!r}; expected 'ancestral' or 'reverse_sde'")
     k_init, k_steps = jax.random.split(key)
     z = jax.random.normal(k_init, shape)
-    ts, _ = grids.time_grid(grid, gamma_fn, num_steps)
+    ts, _ = grids.batch_grid(grid, gamma_fn, num_steps, shape[0])
     batch = shape[0]
 
     def predict(z, i, key):
@@ -189,7 +190,7 @@ def annealed_langevin_sample(key, eps_hat_fn, gamma_fn, shape, num_levels: int, 
     """
     k_init, k_levels = jax.random.split(key)
     z = jax.random.normal(k_init, shape)
-    levels, _ = grids.time_grid(grid, gamma_fn, num_levels)
+    levels, _ = grids.batch_grid(grid, gamma_fn, num_levels, shape[0])
     batch = shape[0]
 
     def level(z, i):

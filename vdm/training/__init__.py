@@ -1,6 +1,5 @@
-"""Training and evaluating a VDM in a workdir: the model glue, the steps, the loop and what a run writes.
+"""Training and evaluating a VDM (`vdm.model`) in a workdir: the steps, the loop and what a run writes.
 
-    model.py        VDM: score network + schedule + discretised decoder -> the ELBO terms and losses
     steps.py        the jitted train step (optimizer, EMA, non-finite guard) and eval step
     optim.py        AdamW, learning-rate schedules, clipping, parameter EMA
     run.py          Run: what every mode needs (config, model, optimizer, mesh, keys, test split, states)

@@ -4,7 +4,7 @@ A save is written to `<step>.orbax-checkpoint-tmp` and renamed when complete,
 so a process killed inside a save leaves no step directory and the next start
 restores the previous complete one (`latest_step` never sees the temporary).
 The data item is grain's iterator state (one JSON per process); the meta item
-records the network version (`vdm.nets.unet.NETWORK_VERSION`), which `restore`
+records the network version (`vdm.config.migrations.NETWORK_VERSION`), which `restore`
 checks: parameters of another version have the same shapes but meant another
 function, and a CRC-32 of every array of the state as it was saved.
 
@@ -32,8 +32,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from vdm.config.migrations import NETWORK_VERSION, checkpoint_network_version
 from vdm.errors import CheckpointError
-from vdm.nets.unet import NETWORK_VERSION
 
 
 def make_manager(workdir: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
@@ -135,7 +135,8 @@ def check_compatible(manager: ocp.CheckpointManager, step: int, abstract_state) 
 
 
 def _meta(manager: ocp.CheckpointManager, step: int) -> dict:
-    """The meta item of a step ({} for checkpoints written before it existed); DamagedCheckpoint if unreadable."""
+    """The meta item of a step ({} for checkpoints written before it existed, `vdm.config.migrations`);
+    DamagedCheckpoint if unreadable."""
     if not os.path.isdir(os.path.join(str(manager.directory), str(step), "meta")):
         return {}
     try:
@@ -164,10 +165,10 @@ def check_network_version(manager: ocp.CheckpointManager, step: int, model, fall
     """CheckpointError if the checkpoint's network version meant another function than `model`'s network.
 
     fallback: the version to assume where the checkpoint recorded none (its workdir's
-    config.json, `vdm.training.workdirs.recorded_network_version`); None: the current one.
+    config.json, `vdm.training.workdirs.recorded_network_version`); None: the current one
+    (`vdm.config.migrations.checkpoint_network_version`).
     """
-    stored = stored_network_version(manager, step)
-    stored = stored if stored is not None else (fallback if fallback is not None else NETWORK_VERSION)
+    stored = checkpoint_network_version(stored_network_version(manager, step), fallback)
     problem = model.network_version_problem(stored)
     if problem:
         raise CheckpointError(f"checkpoint {manager.directory}/{step} does not fit this code: {problem}")
@@ -209,7 +210,7 @@ def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = N
         state = manager.restore(step, args=ocp.args.Composite(**args))["state"]
     except Exception as e:  # noqa: BLE001  (orbax, tensorstore and json errors of missing, cut or garbled files)
         raise DamagedCheckpoint(manager.directory, step, _one_line(e)) from None
-    recorded = meta.get("crc32", {})
+    recorded = meta.get("crc32", {})  # none in checkpoints written before the checksums (`vdm.config.migrations`)
     for name, crc in checksums(state).items():
         if name in recorded and recorded[name] != crc:
             raise DamagedCheckpoint(manager.directory, step, f"array {name} does not match the CRC-32 recorded "

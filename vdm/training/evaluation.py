@@ -1,7 +1,7 @@
 """Test bits/dim: the ELBO over a whole split, what a finished run reports, and the ODE likelihood.
 
     evaluate          the ELBO terms over a split, Monte-Carlo repeats, two standard errors
-    bits_per_dim      the same for a model and a set of images (`vdm.bits_per_dim`)
+    elbo_bits_per_dim the same for a model and a set of images (`vdm.elbo_bits_per_dim`)
     test_elbo         a run's test terms, named by the likelihood they bound
     final_evaluation  results.json and the final samples of a run
     evaluate_run      --mode=eval
@@ -67,8 +67,8 @@ def evaluate(eval_step, params, split, batch_size: int, key, num_repeats: int = 
     return out
 
 
-def bits_per_dim(model, params, images, labels=None, key=None, estimator: ElboEstimator | None = None,
-                 batch_size: int = 256) -> dict:
+def elbo_bits_per_dim(model, params, images, labels=None, key=None, estimator: ElboEstimator | None = None,
+                      batch_size: int = 256) -> dict:
     """-ELBO of integer images [N, H, W, C] in bits/dim under a VDM: the means and errors of `evaluate`.
 
     Returns {'bpd', 'bpd_prior', 'bpd_reconstruction', 'bpd_diffusion'}, each with '<name>_stderr'
@@ -168,7 +168,7 @@ def evaluate_run(config, workdir: str, step: int | None = None) -> dict:
 def ode_bits_per_dim_fn(model, probe: str = "rademacher", mesh=None, matmul_precision: str = "highest"):
     """Jitted (params, x_int [B, ...], key, dequantization) -> [B] bits/dim through the probability-flow ODE.
 
-    `vdm.sampling.likelihood.bits_per_dim` with the model's denoiser and schedule; with a
+    `vdm.sampling.likelihood.ode_bits_per_dim` with the model's denoiser and schedule; with a
     `mesh`, x_int is batch-sharded over its 'data' axis and every device solves the ODE
     for its part of the batch (the network input is constrained to that layout).
     """
@@ -178,7 +178,7 @@ def ode_bits_per_dim_fn(model, probe: str = "rademacher", mesh=None, matmul_prec
     def ode_bpd(params, x_int, key, dequantization):
         eps_hat_fn = model.eps_hat_fn(params)
         with jax.default_matmul_precision(matmul_precision):
-            return shard(likelihood.bits_per_dim(shard(x_int), lambda z, g: eps_hat_fn(shard(z), g),
+            return shard(likelihood.ode_bits_per_dim(shard(x_int), lambda z, g: eps_hat_fn(shard(z), g),
                                                  model.gamma_fn(params), model.vocab_size, key,
                                                  dequantization=dequantization, probe=probe))
 

@@ -353,7 +353,7 @@ def _listing(items, what: str, limit: int = 4) -> str:
 
 def import_checkpoint(path: str, config, explicit=()) -> ImportedRun:
     """Reads an official checkpoint and maps it onto `config` (architecture keys from the checkpoint). Writes nothing."""
-    from vdm.training.model import VDM
+    from vdm.model import VDM
 
     ckpt = read_checkpoint(path)
     config, wanted = configure(config, ckpt.params, explicit, ckpt.file)

@@ -18,8 +18,8 @@ from vdm.config.validation import validate
 from vdm.data import pipeline
 from vdm.data.datasets import Source
 from vdm.errors import CheckpointError
+from vdm.model import VDM
 from vdm.training import checkpoint, distributed, workdirs
-from vdm.training.model import VDM
 from vdm.training.optim import make_optimizer
 from vdm.core.elbo_estimator import ElboEstimator
 from vdm.training.steps import create_train_state, make_eval_step
@@ -74,8 +74,7 @@ class Run:
 
     def abstract_state(self):
         """The train state's shapes and dtypes, replicated over the mesh (what a checkpoint restores onto)."""
-        shapes = jax.eval_shape(lambda: create_train_state(self.model, self.tx, jax.random.key(0)))
-        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.repl), shapes)
+        return workdirs.abstract_train_state(self.model, self.tx, self.repl)
 
     def fresh_state(self):
         init = jax.jit(lambda k: create_train_state(self.model, self.tx, k), out_shardings=self.repl)
@@ -87,12 +86,13 @@ class Run:
     def restore(self, step=None, data_iterator=None, manager=None):
         """The train state of a checkpoint (default: the latest complete one); the data position too if given.
 
-        CheckpointError naming the intact steps if this one is damaged (`checkpoint.DamagedCheckpoint`).
+        `workdirs.restore_train_state`, as `vdm.load_run`; CheckpointError naming the intact steps if this one
+        is damaged (`checkpoint.DamagedCheckpoint`).
         """
         manager = manager or self.manager()
         try:
-            return checkpoint.restore(manager, self.abstract_state(), step, data_iterator, model=self.model,
-                                      fallback_version=workdirs.recorded_network_version(self.workdir))
+            return workdirs.restore_train_state(self.workdir, self.model, self.abstract_state(), step, data_iterator,
+                                                manager)
         except checkpoint.DamagedCheckpoint as e:
             intact = checkpoint.intact_steps(manager, self.abstract_state(), skip=(e.step,))
             hint = (f"intact steps: {', '.join(map(str, intact))} (--step=N uses one; rerunning training resumes "

@@ -15,7 +15,7 @@ import optax
 
 from vdm.core.elbo_estimator import ElboEstimator
 from vdm.training import distributed, optim
-from vdm.training.model import VDM
+from vdm.model import VDM
 
 TERM_NAMES = ("bpd", "bpd_prior", "bpd_reconstruction", "bpd_diffusion")
 

@@ -19,12 +19,11 @@ from typing import NamedTuple
 import jax
 import ml_collections
 
-from vdm.config.schema import base_config
-from vdm.config.validation import REMOVED_KEYS, flatten, migrate
+from vdm.config import migrations
+from vdm.config.validation import flatten
 from vdm.errors import CheckpointError, WorkdirError
-from vdm.nets.unet import NETWORK_VERSION
+from vdm.model import VDM
 from vdm.training import checkpoint, distributed, outputs
-from vdm.training.model import VDM
 from vdm.training.optim import make_optimizer
 from vdm.training.steps import create_train_state
 
@@ -44,53 +43,31 @@ def check_workdir(workdir: str) -> None:
 CONFIG_JSON_REMEDY = ("it records the config this workdir was trained with: restore it from a copy of the workdir, "
                       "or start a new --workdir (nothing was changed)")
 
-# The network version of a workdir written before config.json recorded one: version 1 until the GroupNorm change.
-_VERSION_2_FROM = "2026-11-22T12:00:00"
-
 
 def recorded_network_version(workdir: str) -> int | None:
-    """The network version of a workdir's run (`vdm.nets.unet.NETWORK_VERSIONS`); None without a config.json.
+    """The network version of a workdir's run (`vdm.config.migrations.NETWORK_VERSIONS`); None without a config.json.
 
-    config.json records it since 2026-12-02; an older one is dated: written before
-    2026-11-22 12:00 UTC (the GroupNorm change) it is version 1, else version 2.
+    config.json records it since 2026-12-02; an older one is dated (`vdm.config.migrations.network_version_of`).
     """
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         return None
-    stored = outputs.read_json(path, CONFIG_JSON_REMEDY)
-    if "network_version" in stored:
-        return int(stored["network_version"])
-    return 1 if str(stored.get("time", "9999"))[:19] < _VERSION_2_FROM else 2
+    return migrations.network_version_of(outputs.read_json(path, CONFIG_JSON_REMEDY))
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
     """The config in <workdir>/config.json on today's schema; CheckpointError if there is none.
 
-    Keys removed from the schema are dropped (`vdm.config.validation.REMOVED_KEYS`: they
-    chose among forms of the same function); keys that moved are mapped to their new keys
-    (`vdm.config.validation.MOVED_KEYS`: loss.objective 'simple' -> loss.weighting 'eps_mse',
-    the same training loss); keys added since take their defaults, except
-    that a run of network version 1 at a width that 32 divides gets model.norm_groups = 32,
-    that version's function.
+    Keys removed from the schema are dropped, keys that moved are mapped, keys added since take their
+    defaults, and a version-1 run gets that version's model.norm_groups (`vdm.config.migrations.config_of_record`).
     """
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise CheckpointError(f"{path} not found: is {workdir} a vdm workdir?")
-    saved = outputs.read_json(path, CONFIG_JSON_REMEDY).get("config")
-    if not isinstance(saved, dict):
+    record = outputs.read_json(path, CONFIG_JSON_REMEDY)
+    if not isinstance(record.get("config"), dict):
         raise WorkdirError(f"{path} is damaged: it has no 'config' object; {CONFIG_JSON_REMEDY}")
-    config = base_config()  # keys added to vdm/config/schema.py after the run started take their defaults
-    for section, values in saved.items():
-        if section in config and isinstance(values, dict):
-            config[section].update({k: v for k, v in values.items() if f"{section}.{k}" not in REMOVED_KEYS})
-        else:
-            config[section] = values
-    migrate(config)
-    config.data.image_shape = tuple(config.data.image_shape)
-    if (recorded_network_version(workdir) == 1 and "norm_groups" not in saved.get("model", {})
-            and config.model.channels % 32 == 0):
-        config.model.norm_groups = 32  # version 1's function at this width (vdm.nets.unet.network_version_problem)
-    return config
+    return migrations.config_of_record(record)
 
 
 # Keys that may differ between runs of one workdir: they change neither what a run trains nor its checkpoints. The
@@ -133,8 +110,8 @@ def write_config(config, workdir: str) -> None:
     kept = {}
     if os.path.exists(path):
         kept = {k: v for k, v in outputs.read_json(path, CONFIG_JSON_REMEDY).items() if k == "imported_from"}
-    outputs.write_json(path, {"config": config.to_dict(), **outputs.run_metadata(), "network_version": NETWORK_VERSION,
-                              **kept})
+    outputs.write_json(path, {"config": config.to_dict(), **outputs.run_metadata(),
+                              "network_version": migrations.NETWORK_VERSION, **kept})
 
 
 def check_same_config(config, workdir: str) -> None:
@@ -185,6 +162,32 @@ def result_line(results: dict, path: str) -> str:
     return f"{name}={results[name]:.4f}{stderr} results={os.path.abspath(path)}"
 
 
+def abstract_train_state(model: VDM, tx, sharding=None):
+    """The train state's shapes and dtypes for `model` and the optimizer `tx`: what a checkpoint restores onto.
+
+    sharding: the layout to restore onto (`Run` replicates over its mesh); None: `checkpoint.restore`'s default,
+    replicated over every device.
+    """
+    shapes = jax.eval_shape(lambda: create_train_state(model, tx, jax.random.key(0)))
+    if sharding is None:
+        return shapes
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+
+
+def restore_train_state(workdir: str, model: VDM, abstract_state, step: int | None = None, data_iterator=None,
+                        manager=None):
+    """The train state of a checkpoint of `workdir` (default: the latest complete one) onto `abstract_state`; the
+    data position too if `data_iterator` is given. The one restore path of `Run.restore` and `load_run`.
+
+    The checkpoint's network version is checked against `model` (config.json's where the checkpoint
+    records none: `recorded_network_version`). Raises what `checkpoint.restore` raises (CheckpointError;
+    DamagedCheckpoint, one of them, for a step that is not intact).
+    """
+    manager = manager or checkpoint.make_manager(workdir)
+    return checkpoint.restore(manager, abstract_state, step, data_iterator, model=model,
+                              fallback_version=recorded_network_version(workdir))
+
+
 class LoadedRun(NamedTuple):
     """A trained run: its config, the VDM it builds, and the parameters of one checkpoint."""
 
@@ -201,7 +204,5 @@ def load_run(workdir: str, step: int | None = None, ema: bool = True) -> LoadedR
     config = load_config(workdir)
     model = VDM.from_config(config)
     tx, _ = make_optimizer(config.optim, config.training.num_steps)
-    abstract = jax.eval_shape(lambda: create_train_state(model, tx, jax.random.key(0)))
-    state = checkpoint.restore(checkpoint.make_manager(workdir), abstract, step, model=model,
-                               fallback_version=recorded_network_version(workdir))
+    state = restore_train_state(workdir, model, abstract_train_state(model, tx), step)
     return LoadedRun(config, model, state.ema_params if ema else state.params)

@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 
 from vdm.config import validation
+from vdm.config.migrations import network_version_problem
 from vdm.core import diffusion, elbo_estimator, losses, schedules, weightings
 from vdm.nets import ScoreUNet, make_ops
-from vdm.nets.unet import network_version_problem
 from vdm.sampling import guidance
 
 
