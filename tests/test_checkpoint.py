@@ -240,3 +240,27 @@ def test_old_config_json_with_removed_speed_keys_loads(tmp_path):
     outputs.write_json(str(tmp_path / "config.json"), {"config": saved})
     loaded = workdirs.load_config(str(tmp_path))
     assert "fast_norm" not in loaded.model and loaded.model.impl == "auto"
+
+
+def test_training_of_a_run_from_before_the_bits_per_dim_loss_does_not_resume_under_another_weighting(tmp_path):
+    """config.json without `objective_version` (written before every weighting trained in bits/dim): an eps_mse run
+    stops with one line while steps remain, a finished one and any elbo run (the same loss in both versions) go
+    on; what is written today records the version."""
+    from vdm.config import migrations
+    from vdm.training import outputs
+
+    config, _ = _state()
+    record = {"config": config.to_dict(), "network_version": 2}
+    outputs.write_json(str(tmp_path / "config.json"), record)
+    assert workdirs.recorded_objective_version(str(tmp_path)) == 1
+    assert workdirs.check_training_resumes(config, str(tmp_path), 4) == 1  # tiny's elbo: resumes, keeps version 1
+    config.loss.weighting = "eps_mse"
+    with pytest.raises(WorkdirError) as info:
+        workdirs.check_training_resumes(config, str(tmp_path), 4)
+    message = str(info.value)
+    assert "objective version 1" in message and "'eps_mse'" in message and "new --workdir" in message
+    assert "\n" not in message
+    assert workdirs.check_training_resumes(config, str(tmp_path), config.training.num_steps) == 1  # finished
+    workdirs.write_config(config, str(tmp_path))
+    assert workdirs.recorded_objective_version(str(tmp_path)) == migrations.OBJECTIVE_VERSION
+    assert workdirs.check_training_resumes(config, str(tmp_path), 4) == migrations.OBJECTIVE_VERSION

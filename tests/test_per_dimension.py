@@ -167,3 +167,36 @@ def test_evaluation_estimator_takes_gamma_per_dimension_under_the_schedule_densi
     assert abs(mean - exact) < 4 * se, f"MC {mean:.4f} +- {se:.4f} vs exact {exact:.4f}"
     with pytest.raises(ValueError, match="one gamma per dimension"):
         E.diffusion_estimate(x[:4], keys[:4], optimal_eps_hat, gamma_fn, 0, 4, "log_snr_uniform")
+
+
+def test_variance_minimizing_gradient_takes_gamma_per_dimension():
+    """d/d eta mean(L_i^2) for the interior and the plain gradient elsewhere, against brute force, with a schedule of
+    one gamma per dimension (the [B] weights 2 L_i must meet gamma's [B, D] cotangents per example)."""
+    def schedule_fn(sp, t):
+        t = jnp.asarray(t, jnp.float32)[:, None]
+        shape = t + sp["interior"]["a"] * t * (1 - t)
+        return sp["endpoints"]["g0"] + (sp["endpoints"]["g1"] - sp["endpoints"]["g0"]) * shape
+
+    params = {"net": {"w": jnp.array([0.7, 1.3, 0.4])},
+              "schedule": {"endpoints": {"g0": jnp.array([-4.0, -2.0, -3.0]), "g1": jnp.array([3.0, 5.0, 4.0])},
+                           "interior": {"a": jnp.array([0.3, -0.2, 0.5])}}}
+    t = jnp.array([0.1, 0.45, 0.8])  # B = D = 3: a broadcast over the wrong axis would not raise
+
+    def per_example(p, gammas_t):
+        gamma, rate = gammas_t
+        loss = 0.5 * jnp.sum(rate * p["net"]["w"] * jax.nn.sigmoid(-gamma), axis=1)
+        return loss, loss, None
+
+    (_, _), grads = L.variance_minimizing_value_and_grad(per_example, schedule_fn, params, t)
+
+    def losses(p):
+        gammas = O.gamma_and_rate(lambda u: schedule_fn(p["schedule"], u), t)
+        return per_example(p, gammas)[0]
+
+    mean_grad = jax.grad(lambda p: jnp.mean(losses(p)))(params)
+    square_grad = jax.grad(lambda p: jnp.mean(jnp.square(losses(p))))(params)
+    np.testing.assert_allclose(grads["net"]["w"], mean_grad["net"]["w"], rtol=1e-5)
+    np.testing.assert_allclose(grads["schedule"]["interior"]["a"], square_grad["schedule"]["interior"]["a"], rtol=1e-4)
+    for name in ("g0", "g1"):
+        np.testing.assert_allclose(grads["schedule"]["endpoints"][name], mean_grad["schedule"]["endpoints"][name],
+                                   rtol=1e-5)

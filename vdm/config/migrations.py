@@ -33,6 +33,12 @@ as the workdirs of its time are: the rows of a key are dropped together.
       (`MOVED_KEYS`, `migrate`, `moved_key_error`)
         accepts loss.objective ('elbo' | 'simple') in a config.json, a config file or an override: mapped to
         loss.weighting ('elbo' | 'eps_mse'); a config built in code that sets it stops with one line
+    training loss of objective version 1     ad33c0b, 2026-12-05       NETWORK_VERSION = 4
+      (`OBJECTIVE_VERSIONS`, `objective_version_of`, `objective_problem`)
+        accepts a config.json without `objective_version` (written before every weighting trained in bits/dim):
+        evaluates, samples and computes likelihoods as it is; its training resumes under loss.weighting = elbo
+        (the same loss in both versions) and stops with one line under any other weighting (a loss 1/ln 2 to
+        1/(D ln 2) times the old: its Adam moments and gradient clip were set for another scale)
     keys added to the schema                 93455e7, 2026-11-22       permanent: the schema's rule (a new key
       (`config_of_record`)                                             defaults to what runs before it computed,
         accepts a config.json without a key added since: the key's     or gets a row here)
@@ -109,6 +115,35 @@ def checkpoint_network_version(stored: int | None, fallback: int | None) -> int:
     if stored is not None:
         return stored
     return fallback if fallback is not None else NETWORK_VERSION
+
+
+# --- the training loss ---------------------------------------------------------------------------------------------
+
+# What the training loss of a config is. config.json records it; resuming training under another would change the
+# loss's scale under the optimizer's state.
+OBJECTIVE_VERSION = 2
+OBJECTIVE_VERSIONS = {
+    1: "loss.weighting = elbo trained the ELBO in bits/dim, every other weighting its L_w in nats per example "
+       "(eps_mse and v_mse their means over dimensions)",
+    2: "every weighting trains (prior + reconstruction + L_w) / (D ln 2), in bits/dim",
+}
+_SAME_LOSS_IN_EVERY_OBJECTIVE_VERSION = ("elbo",)
+
+
+def objective_version_of(record: dict) -> int:
+    """The objective version of the run a config.json `record` belongs to (recorded since ad33c0b, 2026-12-05)."""
+    return int(record.get("objective_version", 1))
+
+
+def objective_problem(stored: int, weighting: str) -> str | None:
+    """Why training a run of objective version `stored` further here would change its loss; None if it would not."""
+    if stored == OBJECTIVE_VERSION or weighting in _SAME_LOSS_IN_EVERY_OBJECTIVE_VERSION:
+        return None
+    return (f"this run trained loss.weighting = {weighting!r} under objective version {stored} "
+            f"({OBJECTIVE_VERSIONS[stored]}); this code trains version {OBJECTIVE_VERSION} "
+            f"({OBJECTIVE_VERSIONS[OBJECTIVE_VERSION]}): its Adam moments and gradient clip were set for another loss "
+            "scale, so its training does not resume. --mode=eval, sample, likelihood and sample_quality use it as it "
+            "is; to train on, start a new --workdir")
 
 
 # --- config keys --------------------------------------------------------------------------------------------------

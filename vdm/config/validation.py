@@ -66,11 +66,11 @@ _NON_NEGATIVE = (
 _FRACTIONS = ("model.dropout", "model.label_dropout", "optim.b1", "optim.b2", "optim.ema_decay")
 
 
-def trains_schedule_endpoints(config) -> bool:
-    """Whether the training loss's gradient may move a learned schedule's endpoints: only under w = 1 ('elbo'),
-    where the prior and reconstruction terms balance gamma_0 and gamma_1 (`validate` refuses other weightings with
-    learned endpoints, except the variance objective, which then pins them)."""
-    return config.loss.weighting == "elbo"
+def weighting_trains_schedule_endpoints(weighting: str) -> bool:
+    """Whether the training loss of loss.weighting `weighting` may move a learned schedule's endpoints: only under
+    w = 1 ('elbo'), where the prior and reconstruction terms balance gamma_0 and gamma_1 (`validate` refuses other
+    weightings with learned endpoints, except the variance objective, which then pins them)."""
+    return weighting == "elbo"
 
 
 def flatten(cfg, prefix="") -> dict:
@@ -209,7 +209,7 @@ def validate(config) -> None:
     weighting = tables["loss.weighting"][flat["loss.weighting"]]
     learned = getattr(tables["schedule.name"][flat["schedule.name"]], "learned", False)
     adaptive = flat["schedule.name"] == "monotone_net" and flat["schedule.interior_objective"] == "variance"
-    if flat["loss.weighting"] != "elbo" and learned and not adaptive:
+    if not weighting_trains_schedule_endpoints(flat["loss.weighting"]) and learned and not adaptive:
         # Only the ELBO's gradient trains the endpoints (and, with interior_objective = 'elbo', the shape) sensibly:
         # L_w of another weighting has no prior / reconstruction terms to balance gamma_0, gamma_1.
         raise ConfigError(f"config key 'loss.weighting' = {flat['loss.weighting']!r} cannot train a learned "

@@ -46,7 +46,8 @@ __all__ = ["TIME_DENSITIES", "TimeDensity", "ElboEstimator", "stratified_points"
 
 @dataclasses.dataclass(frozen=True)
 class TimeDensity:
-    """A map u -> gamma: fn(u [K, B], gamma_fn, gamma_0, gamma_1) -> (gamma [K, B], d gamma / du [K, B])."""
+    """A map u -> gamma: fn(u [K, B], gamma_fn, gamma_0, gamma_1) -> (gamma, d gamma / du), each [K, B] (or
+    [K, B, ...] for one gamma per dimension)."""
 
     fn: Callable
     description: str

@@ -78,7 +78,7 @@ def low_discrepancy_times(key, batch_size: int, start_index=0, global_batch_size
 def prior_kl(x, gamma_1):
     """KL(q(z_1 | x) || N(0, I)) = 1/2 sum_i (alpha_1^2 (x_i^2 - 1) - log sigma_1^2), [B].
 
-    x: data in the network's scale [B, ...]; gamma_1: scalar or [B].
+    x: data in the network's scale [B, ...]; gamma_1: scalar, [B] or x's shape.
     """
     gamma_1 = diffusion.expand_gamma(gamma_1, x)
     alpha_sq = jax.nn.sigmoid(-gamma_1)
@@ -191,6 +191,8 @@ def elbo_terms(x_int, noise, eps_hat_fn, gamma_fn, vocab_size: int, num_steps: i
         noise = elbo_noise(noise, x.shape)
     gamma_0, gamma_1 = endpoint_gammas(gamma_fn, x.shape[0])
     z_0 = diffusion.q_sample(x, gamma_0, noise["eps_0"])
+    if gammas_t is not None and num_steps:
+        raise ValueError("gammas_t is (gamma(t), gamma'(t)) of continuous time: num_steps must be 0")
     gamma_t, rate_t = objective.gamma_and_rate(gamma_fn, noise["t"], num_steps) if gammas_t is None else gammas_t
     weighted, diffusion_term = objective.diffusion_loss(x, noise["eps"], gamma_t, rate_t, eps_hat_fn, weighting)
     terms = with_totals({
@@ -248,9 +250,9 @@ def variance_minimizing_value_and_grad(per_example_fn, schedule_fn, params, t, p
     Args:
       per_example_fn(params, gammas_t) -> (loss [B], diffusion [B], aux): the
         per-example objective and its diffusion term, in the same units (nats or
-        bits/dim), with gammas_t = (gamma(t), gamma'(t)) [B] each. It may read
+        bits/dim), with gammas_t = (gamma(t), gamma'(t)), each [B] or [B, ...]. It may read
         params["schedule"] for gamma(0) and gamma(1) only.
-      schedule_fn(schedule_params, t [B]) -> gamma [B], strictly increasing.
+      schedule_fn(schedule_params, t [B]) -> gamma [B] or [B, ...], strictly increasing.
       params: {"net": ..., "schedule": {"endpoints": ..., "interior": ...}}.
       t: times [B].
       pin_endpoints: give the endpoints a zero gradient (a weighted loss L_w) instead of the loss's.
@@ -273,7 +275,8 @@ def variance_minimizing_value_and_grad(per_example_fn, schedule_fn, params, t, p
     seed = jnp.full_like(loss, 1.0 / loss.shape[0])
     grads, (c_gamma, c_dgamma) = loss_vjp((seed, jnp.zeros_like(diff)))
     (elbo_schedule,) = gammas_vjp((c_gamma, c_dgamma))
-    (variance_schedule,) = gammas_vjp((2.0 * diff * c_gamma, 2.0 * diff * c_dgamma))
+    scale = diffusion.expand_gamma(2.0 * diff, c_gamma)  # [B] against gamma's shape ([B] or [B, ...])
+    (variance_schedule,) = gammas_vjp((scale * c_gamma, scale * c_dgamma))
     endpoints = jax.tree.map(jnp.add, grads["schedule"]["endpoints"], elbo_schedule["endpoints"])
     schedule_grads = {
         "endpoints": jax.tree.map(jnp.zeros_like, endpoints) if pin_endpoints else endpoints,

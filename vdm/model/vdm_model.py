@@ -35,7 +35,6 @@ class VDM:
     weighting: str = "elbo"  # loss.weighting, a key of vdm.core.weightings.WEIGHTINGS
     weighting_params: tuple = ()  # ((name, value), ...): its loss.weighting_<name> keys
     interior_objective: str = "elbo"
-    pin_schedule_endpoints: bool = False  # the variance objective under a weighting other than w = 1
     decoder_window: int = 0
     class_conditional: bool = False
     label_dropout: float = 0.0
@@ -74,7 +73,6 @@ class VDM:
             weighting=config.loss.weighting,
             weighting_params=tuple(sorted(weightings.from_loss_config(config.loss).params.items())),
             interior_objective=s.interior_objective,
-            pin_schedule_endpoints=not validation.trains_schedule_endpoints(config),
             decoder_window=config.loss.decoder_window,
             class_conditional=m.class_conditional,
             label_dropout=m.label_dropout,
@@ -191,6 +189,11 @@ class VDM:
 
         return losses.variance_minimizing_value_and_grad(per_example, self.schedule, params, noise["t"],
                                                          pin_endpoints=self.pin_schedule_endpoints)
+
+    @property
+    def pin_schedule_endpoints(self) -> bool:
+        """The variance objective under a weighting other than w = 1 keeps a learned schedule's endpoints fixed."""
+        return not validation.weighting_trains_schedule_endpoints(self.weighting)
 
     def loss_weighting(self):
         """The training loss's weighting w(lambda) (`vdm.core.weightings.get_weighting`)."""

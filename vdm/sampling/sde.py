@@ -103,7 +103,7 @@ def reverse_sde_sample(key, eps_hat_fn, gamma_fn, shape, num_steps: int, grid: s
 
 
 def langevin_step(key, eps_hat_fn, z, gamma, step_size, eps=None):
-    """One Langevin step targeting q(z_t): z + δ ŝ + sqrt(2δ) ξ, ŝ = −ε̂/σ_t; δ [B] per example.
+    """One Langevin step targeting q(z_t): z + δ ŝ + sqrt(2δ) ξ, ŝ = −ε̂/σ_t; δ [B] per example (or γ's shape).
 
     eps: ε̂(z, γ) if the caller has it already (no second network call).
     """
@@ -117,7 +117,8 @@ def snr_step_size(eps_hat_fn, z, gamma, target_snr: float, eps=None):
     """Song et al.'s rule: δ = 2 (r ‖ξ‖ / ‖ŝ‖)², r = target_snr, ‖ŝ‖ = ‖ε̂‖ / σ_t, norms averaged over the batch.
 
     (Per-example norms would let one example whose ε̂ happens to be near 0 take a huge step.)
-    eps: ε̂(z, γ) if the caller has it already. Returns δ [B], the same for every example.
+    eps: ε̂(z, γ) if the caller has it already. Returns δ [B], the same for every example (γ's shape for one γ
+    per dimension: δ_i ∝ σ_i², a diagonal preconditioner).
     """
     eps = eps_hat_fn(z, gamma) if eps is None else eps
     axes = tuple(range(1, z.ndim))

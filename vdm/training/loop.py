@@ -21,9 +21,10 @@ import time
 import jax
 import numpy as np
 
+from vdm.config import migrations
 from vdm.data import pipeline
 from vdm.errors import NonFiniteLoss
-from vdm.training import checkpoint, distributed, outputs
+from vdm.training import checkpoint, distributed, outputs, workdirs
 from vdm.training.evaluation import final_evaluation, test_elbo
 from vdm.training.generation import write_pictures
 from vdm.training.preemption import PreemptionGuard
@@ -96,10 +97,12 @@ class _Training:
             self.iterator = pipeline.make_train_iterator(config, jax.process_index(), jax.process_count())
             self.state = run.fresh_state()
         self.step = int(distributed.to_host(self.state.step))
+        objective_version = (migrations.OBJECTIVE_VERSION if resumed is None
+                             else workdirs.check_training_resumes(config, run.workdir, self.step))
         self.writer = outputs.MetricsWriter(run.workdir, enabled=run.main)
         if run.main:
             self.writer.rewind(self.step)  # reads metrics.jsonl first: a damaged one stops the run before any write
-            write_config(config, run.workdir)
+            write_config(config, run.workdir, objective_version)
             print(_header(run, self.state, resumed), flush=True)
         self.train_step = make_train_step(run.model, run.tx, run.lr_schedule, config.optim.ema_decay, run.mesh,
                                           donate=self.t.donate_state)

@@ -55,6 +55,27 @@ def recorded_network_version(workdir: str) -> int | None:
     return migrations.network_version_of(outputs.read_json(path, CONFIG_JSON_REMEDY))
 
 
+def recorded_objective_version(workdir: str) -> int | None:
+    """The objective version of a workdir's run (`vdm.config.migrations.OBJECTIVE_VERSIONS`); None without a
+    config.json."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return None
+    return migrations.objective_version_of(outputs.read_json(path, CONFIG_JSON_REMEDY))
+
+
+def check_training_resumes(config, workdir: str, step: int) -> int:
+    """The objective version a run resumed at `step` goes on with; WorkdirError (one line) if its training, not
+    finished at `step`, would continue under another loss (`vdm.config.migrations.objective_problem`)."""
+    stored = recorded_objective_version(workdir)
+    if stored is None:
+        return migrations.OBJECTIVE_VERSION
+    problem = migrations.objective_problem(stored, config.loss.weighting)
+    if problem and step < config.training.num_steps:
+        raise WorkdirError(f"{workdir} (step {step} of {config.training.num_steps}): {problem}")
+    return stored
+
+
 def load_config(workdir: str) -> ml_collections.ConfigDict:
     """The config in <workdir>/config.json on today's schema; CheckpointError if there is none.
 
@@ -101,8 +122,9 @@ def describe_differences(differences, limit: int = 3) -> str:
     return shown + (f" (and {more} more)" if more > 0 else "")
 
 
-def write_config(config, workdir: str) -> None:
-    """<workdir>/config.json: the config, the package versions, the git commit and the network version.
+def write_config(config, workdir: str, objective_version: int = migrations.OBJECTIVE_VERSION) -> None:
+    """<workdir>/config.json: the config, the package versions, the git commit, the network version and the
+    objective version of the training loss the run trained with (a resumed run keeps the one it had).
 
     An `imported_from` record already there (a run imported by `python -m vdm.import_official`) is kept.
     """
@@ -111,7 +133,8 @@ def write_config(config, workdir: str) -> None:
     if os.path.exists(path):
         kept = {k: v for k, v in outputs.read_json(path, CONFIG_JSON_REMEDY).items() if k == "imported_from"}
     outputs.write_json(path, {"config": config.to_dict(), **outputs.run_metadata(),
-                              "network_version": migrations.NETWORK_VERSION, **kept})
+                              "network_version": migrations.NETWORK_VERSION, "objective_version": objective_version,
+                              **kept})
 
 
 def check_same_config(config, workdir: str) -> None:
