@@ -124,14 +124,10 @@ def diffusion_estimate(x, keys, eps_hat_fn, gamma_fn, num_steps: int = 0, points
 
     u, eps = jax.vmap(draws)(keys)
     u, eps = u.T, jnp.moveaxis(eps, 1, 0)  # [K, B], [K, B, ...]
-    if num_steps:
-        T = num_steps
-        t = (jnp.arange(1.0, T + 1.0)[:, None] if enumerate_steps else jnp.maximum(jnp.ceil(u * T), 1.0)) / T
-        t = jnp.broadcast_to(t, u.shape)
-        gamma_t = gamma_fn(t.reshape(-1))
-        gamma_t = gamma_t.reshape(u.shape + gamma_t.shape[1:])
-        gamma_s = gamma_fn((t - 1.0 / T).reshape(-1)).reshape(gamma_t.shape)
-        gamma, weight = gamma_t, T * jnp.expm1(gamma_t - gamma_s)
+    if num_steps:  # u, or the middle of every step when enumerating, goes to its step i / T
+        t = (jnp.arange(num_steps)[:, None] + 0.5) / num_steps if enumerate_steps else u
+        gamma, weight = objective.gamma_and_rate(gamma_fn, jnp.broadcast_to(t, u.shape).reshape(-1), num_steps)
+        gamma, weight = (g.reshape(u.shape + g.shape[1:]) for g in (gamma, weight))
     else:
         gamma_0, gamma_1 = gamma_fn(jnp.array([0.0, 1.0]))
         if gamma_0.ndim and density != "schedule":

@@ -206,8 +206,10 @@ def plot_schedule(gamma_fn, path: str, title: str = ""):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from vdm.core.diffusion import log_snr as log_snr_of
+
     t = np.linspace(0.0, 1.0, 201, dtype=np.float32)
-    log_snr = -np.asarray(gamma_fn(t))
+    log_snr = np.asarray(log_snr_of(gamma_fn(t)))
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot(t, log_snr)
     ax.set_xlabel("t")
