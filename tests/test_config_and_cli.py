@@ -128,10 +128,12 @@ def test_likelihood_mode_restores_the_checkpoint(finished_tiny_run, tmp_path, ca
     workdir = copy_of_tiny_run(finished_tiny_run, tmp_path)
     tiny = os.path.join(ROOT, "configs", "tiny.py")
     out = main_in_process([f"--config={tiny}", f"--workdir={workdir}", "--mode=likelihood", "--max_examples=8"], capsys)
-    assert "ELBO" in out and "variational dequant." in out and "uniform     dequant." in out
+    assert "ELBO" in out and all(f"ODE, {deq:<16} dequant." in out for deq in ("variational", "uniform", "truncated_normal"))
     lik = json.loads((workdir / "likelihood.json").read_text())
     assert lik["num_examples"] == 8 and lik["ode_bpd_variational"] > 0 and lik["ode_bpd_uniform_stderr"] > 0
+    assert lik["ode_bpd_truncated_normal"] > 0 and lik["ode_bpd_truncated_normal_stderr"] > 0
     assert "log q(z_0|x)" in lik["ode_variational_dequantization"] and "2/V" in lik["ode_uniform_dequantization"]
+    assert "alpha_0 times x's bin" in lik["ode_truncated_normal_dequantization"]
 
 
 def test_keys_that_name_a_registered_thing_are_checked_against_that_registry():

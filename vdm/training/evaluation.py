@@ -224,9 +224,9 @@ def likelihood_run(config, workdir: str, step: int | None = None, probe: str = "
         outputs.write_json(os.path.join(workdir, "likelihood.json"), out)
         print(f"test bits/dim of log p(x) over {len(test)} examples (± standard error over examples):")
         mc = f", Monte-Carlo alone ± {out['elbo_bpd_mc_stderr']:.4f}" if "elbo_bpd_mc_stderr" in out else ""
-        print(f"  ELBO                        {out['elbo_bpd']:.4f} ± {out['elbo_bpd_stderr']:.4f}   ({out['elbo']}{mc})")
+        print(f"  ELBO                             {out['elbo_bpd']:.4f} ± {out['elbo_bpd_stderr']:.4f}   ({out['elbo']}{mc})")
         for deq in likelihood.DEQUANTIZATIONS:
-            print(f"  ODE, {deq:<11} dequant.  {out[f'ode_bpd_{deq}']:.4f} ± {out[f'ode_bpd_{deq}_stderr']:.4f}"
+            print(f"  ODE, {deq:<16} dequant.  {out[f'ode_bpd_{deq}']:.4f} ± {out[f'ode_bpd_{deq}_stderr']:.4f}"
                   f"   ({out[f'ode_{deq}_dequantization']})")
         print(f"likelihood={os.path.abspath(os.path.join(workdir, 'likelihood.json'))}", flush=True)
     return out
