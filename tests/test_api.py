@@ -63,7 +63,7 @@ def test_get_sampler_and_the_registries_are_reached_from_the_package():
     assert vdm.sampling.get_sampler("ode") is vdm.sampling.sde.ode_sample_heun
     assert vdm.get_sampler("pc") is vdm.sampling.SAMPLERS["pc"].fn
     assert set(vdm.SCHEDULES) == {"fixed_linear", "learned_linear", "monotone_net", "beta_linear", "alpha_cosine",
-                                 "official_nnet"}
+                                 "official_nnet", "mulan"}
     with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
         vdm.not_a_name  # noqa: B018
 

@@ -73,6 +73,18 @@ def weighting_trains_schedule_endpoints(weighting: str) -> bool:
     return weighting == "elbo"
 
 
+def sampler_schedule_problem(schedule: str, sampler: str) -> str | None:
+    """Why sampler `sampler` cannot sample a model of schedule `schedule` ('<sampler> ... : use one of ...');
+    None if it can. A sampler whose points are placed in one log-SNR needs one gamma per example."""
+    tables = registries()
+    if not (getattr(tables["schedule.name"][schedule], "per_dimension", False)
+            and tables["eval.sampler"][sampler].log_snr_grid):
+        return None
+    usable = ", ".join(n for n, s in tables["eval.sampler"].items() if not s.log_snr_grid)
+    return (f"{sampler!r} places its points in one log-SNR, which schedule {schedule!r} (one gamma per dimension) "
+            f"does not have: use one of {usable}")
+
+
 def flatten(cfg, prefix="") -> dict:
     """{"a.b": value} for every leaf of a ConfigDict."""
     out = {}
@@ -216,6 +228,14 @@ def validate(config) -> None:
                           "'schedule.name' (only 'elbo' trains its endpoints); use a fixed schedule, or "
                           "'monotone_net' with 'schedule.interior_objective' = 'variance' (endpoints pinned, "
                           "the interior an adaptive importance sampler of lambda)")
+    if getattr(tables["schedule.name"][flat["schedule.name"]], "per_dimension", False):
+        if flat["eval.time_density"] != "schedule":
+            raise ConfigError(f"config key 'schedule.name' = {flat['schedule.name']!r} has one gamma per dimension: "
+                              "set 'eval.time_density' = 'schedule' (one log-SNR for all dimensions does not follow "
+                              "its path)")
+        problem = sampler_schedule_problem(flat["schedule.name"], flat["eval.sampler"])
+        if problem:
+            raise ConfigError(f"config key 'eval.sampler' = {problem}")
     if flat["loss.num_steps"] and flat["loss.weighting"] not in ("elbo", "eps_mse"):
         raise ConfigError(f"config key 'loss.weighting' = {flat['loss.weighting']!r} is continuous-time only "
                           "('loss.num_steps' = 0); in discrete time only 'elbo' and 'eps_mse'")

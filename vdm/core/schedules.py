@@ -33,6 +33,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from vdm.core.per_dimension import PerDimensionPolynomial
 from vdm.registry import Registry
 
 __all__ = [
@@ -294,6 +295,7 @@ SCHEDULES = Registry("schedule", {
     "beta_linear": BetaLinear,
     "alpha_cosine": AlphaCosine,
     "official_nnet": OfficialNNet,
+    "mulan": PerDimensionPolynomial,
 })
 
 

@@ -21,6 +21,14 @@ from vdm.nets import ScoreUNet, make_ops
 from vdm.sampling import guidance
 
 
+def noise_level(gamma):
+    """The network's conditioning for gamma [B] or [B, ...]: gamma itself, or its mean over the dimensions for a
+    schedule of one gamma per dimension (MuLAN's choice: the network sees one noise level; the parameterisation
+    eps_from_prediction still uses gamma per dimension)."""
+    gamma = jnp.asarray(gamma)
+    return gamma if gamma.ndim <= 1 else jnp.mean(gamma.reshape(gamma.shape[0], -1), axis=-1)
+
+
 @dataclasses.dataclass(frozen=True)
 class VDM:
     """A VDM built from a config (see vdm/config/schema.py)."""
@@ -61,7 +69,7 @@ class VDM:
             recompute=m.recompute,
             ops=make_ops(m.impl, m.dtype, scanned=m.scan_blocks),
         )
-        kwargs = {"width": s.width} if s.name == "monotone_net" else {}
+        kwargs = {"width": s.width} if s.name == "monotone_net" else {"shape": image_shape} if s.name == "mulan" else {}
         return cls(
             net=net,
             schedule=schedules.make_schedule(s.name, s.gamma_min, s.gamma_max, **kwargs),
@@ -111,7 +119,8 @@ class VDM:
         def eps_hat(z, gamma):
             rngs = {} if dropout_key is None else {"dropout": dropout_key}
             out = self.net.apply(
-                {"params": params["net"]}, z, gamma, cond, labels, deterministic=dropout_key is None, rngs=rngs
+                {"params": params["net"]}, z, noise_level(gamma), cond, labels, deterministic=dropout_key is None,
+                rngs=rngs,
             )
             return diffusion.eps_from_prediction(out, z, gamma, self.prediction)
 

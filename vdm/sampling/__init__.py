@@ -39,6 +39,7 @@ class Sampler:
     fn: Callable
     description: str
     nfe: Callable[[int], int] | None = _one_per_step
+    log_snr_grid: bool = False  # its default points are placed in one log-SNR: it needs one gamma per example
 
     def describe(self, num_steps: int) -> str:
         return self.description.format(steps=num_steps, nfe=self.nfe(num_steps) if self.nfe else "adaptive")
@@ -72,8 +73,10 @@ SAMPLERS = Registry("sampler", {
     "annealed_langevin": Sampler(sde.annealed_langevin_sample,
                                  "annealed Langevin, {steps} levels x 20 steps, step 0.05 sigma_t^2 ({nfe} NFE)",
                                  lambda levels: 20 * (levels + 1)),
-    "dpm_solver_pp_2m": Sampler(dpm_solver_pp_2m, "DPM-Solver++(2M), uniform in log-SNR, {nfe} NFE"),
-    "dpm_solver_pp_3m": Sampler(dpm_solver_pp_3m, "DPM-Solver++(3M), uniform in log-SNR, {nfe} NFE"),
+    "dpm_solver_pp_2m": Sampler(dpm_solver_pp_2m, "DPM-Solver++(2M), uniform in log-SNR, {nfe} NFE",
+                                log_snr_grid=True),
+    "dpm_solver_pp_3m": Sampler(dpm_solver_pp_3m, "DPM-Solver++(3M), uniform in log-SNR, {nfe} NFE",
+                                log_snr_grid=True),
 })
 
 

@@ -127,6 +127,7 @@ def final_evaluation(run: Run, state, test: pipeline.Split, train_seconds=None):
     res = test_elbo(run, state.ema_params, test, run.keys["final"])
     samples = write_pictures(run, state.ema_params, "final", run.keys["sample"])
     gamma = distributed.to_host(model.gamma_fn(state.ema_params)(jnp.array([0.0, 1.0])))
+    gamma = np.asarray(gamma).reshape(2, -1).mean(-1)  # one gamma per dimension: their mean
     results = {
         **{f"test_{k}": v for k, v in res.items()},
         "bpd_means": ("-ELBO of log p(x | y) in bits/dim ('_conditional'); of log p(x) (null label)"

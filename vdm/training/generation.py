@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vdm import sampling
+from vdm.config.validation import sampler_schedule_problem
 from vdm.errors import ConfigError
 from vdm.training import distributed, outputs
 from vdm.training.run import Run
@@ -72,6 +73,9 @@ def sample_run(config, workdir: str, step: int | None = None, seed: int = 0, sam
     """
     if sampler not in sampling.SAMPLERS:
         raise ConfigError(f"--sampler={sampler!r}; expected one of {list(sampling.SAMPLERS)}")
+    problem = sampler_schedule_problem(config.schedule.name, sampler)
+    if problem:
+        raise ConfigError(f"--sampler={problem}")
     run = Run(config, workdir)
     state = run.restore(step)
     n, steps = config.eval.num_samples, num_steps or config.eval.sampler_steps

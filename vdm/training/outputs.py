@@ -209,12 +209,18 @@ def plot_schedule(gamma_fn, path: str, title: str = ""):
     from vdm.core.diffusion import log_snr as log_snr_of
 
     t = np.linspace(0.0, 1.0, 201, dtype=np.float32)
-    log_snr = np.asarray(log_snr_of(gamma_fn(t)))
+    log_snr = np.asarray(log_snr_of(gamma_fn(t))).reshape(len(t), -1)  # [201, 1], or [201, D] per dimension
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(t, log_snr)
+    if log_snr.shape[1] > 1:  # one schedule per dimension: their range, a few of them and their mean
+        ax.fill_between(t, log_snr.min(1), log_snr.max(1), alpha=0.2, label=f"range over {log_snr.shape[1]} dims")
+        ax.plot(t, log_snr[:, :: max(1, log_snr.shape[1] // 6)], lw=0.6, alpha=0.7)
+        ax.plot(t, log_snr.mean(1), color="k", lw=1.5, label="mean")
+        ax.legend(fontsize=7)
+    else:
+        ax.plot(t, log_snr)
     ax.set_xlabel("t")
     ax.set_ylabel("log SNR(t) = -gamma(t)")
-    ax.set_title(title or f"log-SNR: [{log_snr[0]:.2f}, {log_snr[-1]:.2f}]")
+    ax.set_title(title or f"log-SNR: [{log_snr[0].mean():.2f}, {log_snr[-1].mean():.2f}]")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vdm import sampling
+from vdm.config.validation import sampler_schedule_problem
 from vdm.errors import ConfigError
 from vdm.metrics import feature_distances
 from vdm.training import distributed, generation
@@ -90,6 +91,9 @@ def sample_quality_run(config, workdir: str, samplers, nfes, step: int | None = 
     unknown = [s for s in samplers if s not in sampling.SAMPLERS]
     if unknown:
         raise ConfigError(f"--sampler={','.join(unknown)}; expected names from {list(sampling.SAMPLERS)}")
+    problems = [p for p in (sampler_schedule_problem(config.schedule.name, s) for s in samplers) if p]
+    if problems:
+        raise ConfigError(f"--sampler={problems[0]}")
     if config.data.name != "digits":
         raise ConfigError(f"--mode=sample_quality measures FD-digits / KID-digits; for {config.data.name!r} call "
                           "vdm.training.sample_quality.measure with your own features (docs/sampling.md)")

@@ -89,7 +89,8 @@ def make_train_step(model: VDM, tx, lr_schedule, ema_decay: float, mesh=None, do
         new_state = jax.lax.cond(finite, update, lambda s: s.replace(step=s.step + 1), state)
         num_updates = new_state.opt_state.gradient_step if isinstance(tx, optax.MultiSteps) else new_state.step
         metrics = _scalar_metrics(loss, terms, grad_norm, lr_schedule(num_updates - 1))
-        gamma_0, gamma_1 = model.gamma_fn(new_state.params)(jnp.array([0.0, 1.0]))
+        gamma_01 = model.gamma_fn(new_state.params)(jnp.array([0.0, 1.0]))
+        gamma_0, gamma_1 = jnp.mean(gamma_01.reshape(2, -1), axis=-1)  # one gamma per dimension: their mean
         metrics.update(gamma_0=gamma_0, gamma_1=gamma_1, nonfinite=1.0 - finite.astype(jnp.float32))
         if apart:
             metrics["grad_norm_interior"] = interior_norm

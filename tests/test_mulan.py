@@ -1,0 +1,116 @@
+"""MuLAN's per-dimension polynomial schedule (`schedule.name = mulan`): its closed form, its endpoints and
+monotonicity for random parameters, the ELBO's invariance to its interior on Gaussian data, and the model with
+every dimension on the same gamma equal to the scalar model."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vdm.core import diffusion as D
+from vdm.core import losses as L
+from vdm.core import objective as O
+from vdm.core.per_dimension import PerDimensionPolynomial, polynomial_gamma
+
+G0, G1 = -7.0, 8.0
+
+
+def _random_coefficients(key, shape, scale=3.0):
+    ka, kb, kc = jax.random.split(key, 3)
+    a = scale * jax.random.normal(ka, shape)
+    b = scale * jax.random.normal(kb, shape)
+    c = 1e-3 + jax.nn.softplus(scale * jax.random.normal(kc, shape))
+    return a, b, c
+
+
+def test_polynomial_schedule_is_the_normalised_integral_of_p_squared():
+    a, b, c = (np.asarray(v, np.float64) for v in _random_coefficients(jax.random.key(0), (5,)))
+    t = np.array([0.0, 0.13, 0.5, 0.77, 1.0])
+    got = np.asarray(polynomial_gamma(*(jnp.asarray(v, jnp.float32) for v in (a, b, c)), jnp.asarray(t), G0, G1, 1))
+    for i in range(5):
+        p_squared = np.polymul([a[i], b[i], c[i]], [a[i], b[i], c[i]])
+        integral = np.polyint(p_squared)
+        expected = G0 + (G1 - G0) * (np.polyval(integral, t) - np.polyval(integral, 0)) / (
+            np.polyval(integral, 1) - np.polyval(integral, 0))
+        np.testing.assert_allclose(got[:, i], expected, rtol=1e-5, atol=1e-4)
+
+
+def test_polynomial_schedule_is_monotone_and_hits_both_endpoints_for_random_parameters():
+    a, b, c = _random_coefficients(jax.random.key(1), (64,), scale=5.0)
+    t = jnp.linspace(0.0, 1.0, 10_000)
+    gamma = np.asarray(polynomial_gamma(a, b, c, t, G0, G1, 1), np.float64)  # [10^4, 64]
+    assert np.all(np.diff(gamma, axis=0) >= -1e-5 * (G1 - G0))
+    np.testing.assert_array_equal(gamma[0], np.full(64, G0, np.float32))
+    np.testing.assert_allclose(gamma[-1], G1, rtol=0, atol=1e-5)
+    schedule = PerDimensionPolynomial(G0, G1, (4, 4, 2))
+    params = schedule.init()
+    params["interior"] = dict(zip(("a", "b", "raw_c"), _random_coefficients(jax.random.key(2), (4, 4, 2))))
+    ends = schedule(params, jnp.array([0.0, 1.0]))
+    assert ends.shape == (2, 4, 4, 2)
+    np.testing.assert_allclose(ends[0], G0, atol=1e-6)
+    np.testing.assert_allclose(ends[1], G1, atol=1e-5)
+    linear = PerDimensionPolynomial(G0, G1, (3,))
+    np.testing.assert_allclose(linear(linear.init(), jnp.array([0.25])), [[G0 + 0.25 * (G1 - G0)] * 3], rtol=1e-5)
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_elbo_diffusion_term_under_a_random_polynomial_schedule_is_the_closed_form(seed):
+    """x ~ N(0, diag s_i^2) with the optimal denoiser: E[L_inf] = sum_i 1/2 log((1 + s_i^2 SNR_max)/(1 + s_i^2 SNR_min)),
+    whatever the learned interior of each dimension."""
+    scales = jnp.array([0.3, 0.6, 1.0, 1.5])
+    schedule = PerDimensionPolynomial(G0, G1, (4,))
+    params = schedule.init()
+    params["interior"] = dict(zip(("a", "b", "raw_c"), _random_coefficients(jax.random.key(seed), (4,))))
+
+    def eps_hat(z, gamma):
+        alpha, sigma = D.alpha_sigma(D.expand_gamma(gamma, z))
+        return sigma * z / (alpha**2 * scales**2 + sigma**2)
+
+    n = 400_000
+    k1, k2, k3 = jax.random.split(jax.random.key(seed + 10), 3)
+    x, eps = scales * jax.random.normal(k1, (n, 4)), jax.random.normal(k2, (n, 4))
+    t = L.low_discrepancy_times(k3, n)
+    gamma_fn = lambda u: schedule(params, u)  # noqa: E731
+    values = np.asarray(jax.jit(lambda x, e, t: O.diffusion_loss(x, e, *O.gamma_and_rate(gamma_fn, t), eps_hat)[1])(
+        x, eps, t), np.float64)
+    mean, se = values.mean(), values.std() / math.sqrt(n)
+    s = np.asarray(scales, np.float64)
+    exact = np.sum(0.5 * np.log((1 + s**2 * math.exp(-G0)) / (1 + s**2 * math.exp(-G1))))
+    assert abs(mean - exact) < 4 * se, f"MC {mean:.4f} +- {se:.4f} vs exact {exact:.4f}"
+
+
+def test_mulan_model_with_every_dimension_on_the_same_gamma_is_the_scalar_model():
+    """At initialisation mulan is log-SNR linear in every dimension: its ELBO terms and training loss equal those of
+    fixed_linear with the same network to float32 rounding (the network sees the mean gamma, here the gamma)."""
+    from vdm.config.validation import apply_overrides, load_config_file
+    from vdm.model import VDM
+
+    base = {"schedule.gamma_min": G0, "schedule.gamma_max": G1, "eval.time_density": "schedule"}
+    scalar = VDM.from_config(apply_overrides(load_config_file("configs/tiny.py"), {**base, "schedule.name": "fixed_linear"}))
+    mulan = VDM.from_config(apply_overrides(load_config_file("configs/tiny.py"), {**base, "schedule.name": "mulan"}))
+    p_scalar = scalar.init(jax.random.key(0))
+    p_mulan = {**mulan.init(jax.random.key(0)), "net": p_scalar["net"]}
+    assert p_mulan["schedule"]["interior"]["a"].shape == (8, 8, 1)
+    batch = {"images": jnp.asarray(np.random.default_rng(0).integers(0, 17, (6, 8, 8, 1))), "labels": jnp.zeros(6, jnp.int32)}
+    a = jax.jit(scalar.elbo_terms)(p_scalar, batch, jax.random.key(1))
+    b = jax.jit(mulan.elbo_terms)(p_mulan, batch, jax.random.key(1))
+    for name in a:
+        np.testing.assert_allclose(b[name], a[name], rtol=2e-5, atol=1e-5, err_msg=name)
+    (_, _), grads = jax.jit(mulan.loss_and_grads)(p_mulan, batch, jax.random.key(1))
+    assert all(float(jnp.max(jnp.abs(g))) > 0 for g in jax.tree.leaves(grads["schedule"]["interior"]))
+
+
+def test_mulan_configs_that_cannot_work_stop_with_one_line():
+    from vdm.config.validation import ConfigError, apply_overrides, load_config_file, sampler_schedule_problem
+
+    with pytest.raises(ConfigError, match="'eval.time_density' = 'schedule'"):
+        apply_overrides(load_config_file("configs/tiny.py"), {"schedule.name": "mulan"})
+    with pytest.raises(ConfigError, match="'eval.sampler' = 'dpm_solver_pp_2m' places its points in one log-SNR"):
+        apply_overrides(load_config_file("configs/tiny.py"), {
+            "schedule.name": "mulan", "eval.time_density": "schedule", "eval.sampler": "dpm_solver_pp_2m"})
+    with pytest.raises(ConfigError, match="cannot train a learned"):
+        apply_overrides(load_config_file("configs/tiny.py"), {
+            "schedule.name": "mulan", "eval.time_density": "schedule", "loss.weighting": "sigmoid"})
+    assert sampler_schedule_problem("mulan", "pc") is None and sampler_schedule_problem("alpha_cosine", "dpm_solver_pp_2m") is None
