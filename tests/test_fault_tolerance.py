@@ -27,17 +27,20 @@ OVERRIDES = ["--config.checkpoint.every_steps=2", "--config.checkpoint.max_to_ke
              *[f"--config.{k}={v}" for k, v in LIGHT_EVAL.items()]]
 
 
-def _command(workdir):
-    return [sys.executable, "-m", "vdm.main", "--config=configs/tiny.py", f"--workdir={workdir}", *OVERRIDES]
+MULAN = ("--config.schedule.name=mulan", "--config.eval.time_density=schedule")  # one gamma per dimension
 
 
-def _start(workdir, **env):
-    return subprocess.Popen(_command(workdir), cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1", **env),
+def _command(workdir, extra=()):
+    return [sys.executable, "-m", "vdm.main", "--config=configs/tiny.py", f"--workdir={workdir}", *OVERRIDES, *extra]
+
+
+def _start(workdir, extra=(), **env):
+    return subprocess.Popen(_command(workdir, extra), cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1", **env),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _run(workdir, **env):
-    proc = _start(workdir, **env)
+def _run(workdir, extra=(), **env):
+    proc = _start(workdir, extra, **env)
     out, err = proc.communicate(timeout=600)
     return proc.returncode, out, err
 
@@ -77,19 +80,33 @@ def _assert_same(state, reference):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.slow
-def test_kill_9_mid_run_then_rerun_gives_the_uninterrupted_parameters(tmp_path, reference):
-    workdir = tmp_path / "run"
-    proc = _start(workdir)
+def _kill_9_at_step_4_then_rerun(workdir, extra=()):
+    proc = _start(workdir, extra)
     _wait_for(lambda: 4 in _steps(workdir) or proc.poll() is not None, what="checkpoint 4")
     proc.kill()
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (workdir / "results.json").exists()
-    code, out, err = _run(workdir)
+    code, out, err = _run(workdir, extra)
     assert code == 0, err[-3000:]
     assert "resumed from step" in out
-    _assert_same(_final_state(workdir), reference)
+
+
+@pytest.mark.slow
+def test_kill_9_mid_run_then_rerun_gives_the_uninterrupted_parameters(tmp_path, reference):
+    _kill_9_at_step_4_then_rerun(tmp_path / "run")
+    _assert_same(_final_state(tmp_path / "run"), reference)
+
+
+@pytest.mark.slow
+def test_a_mulan_run_killed_mid_run_resumes_to_the_uninterrupted_parameters(tmp_path):
+    """The same with one gamma per dimension (schedule.name=mulan): its learned schedule resumes bitwise too."""
+    code, _, err = _run(tmp_path / "reference", MULAN)
+    assert code == 0, err[-3000:]
+    _kill_9_at_step_4_then_rerun(tmp_path / "run", MULAN)
+    reference = _final_state(tmp_path / "reference")
+    assert any(leaf.ndim == 3 for leaf in reference)  # the per-dimension coefficients [8, 8, 1] are in the state
+    _assert_same(_final_state(tmp_path / "run"), reference)
 
 
 @pytest.mark.slow
