@@ -19,6 +19,7 @@ import pytest
 from vdm.core import diffusion as D
 from vdm.core import losses as L
 from vdm.core import objective as O
+from vdm.core import schedules as S
 from vdm.sampling import SAMPLERS, grids, likelihood
 
 SCALES = np.array([0.3, 0.5, 1.0, 1.6, 0.8, 2.0])  # s_i
@@ -52,7 +53,7 @@ def marginal_variance(gamma):
 
 def test_the_schedule_is_one_gamma_per_dimension():
     assert gamma_fn(jnp.zeros(5)).shape == (5, DIM)
-    assert not grids.one_gamma_per_example(gamma_fn, 5)
+    assert not S.one_gamma_per_example(gamma_fn, 5)
     _, rate = O.gamma_and_rate(gamma_fn, jnp.full((3,), 0.4))
     np.testing.assert_allclose(rate, np.broadcast_to(GAMMA_1 - GAMMA_0, (3, DIM)), rtol=1e-5)
 
@@ -200,3 +201,14 @@ def test_variance_minimizing_gradient_takes_gamma_per_dimension():
     for name in ("g0", "g1"):
         np.testing.assert_allclose(grads["schedule"]["endpoints"][name], mean_grad["schedule"]["endpoints"][name],
                                    rtol=1e-5)
+
+
+def test_a_flat_dimension_whose_gammas_tie_in_float32_gives_zero_variance_not_nan():
+    """Where a per-dimension schedule is flat, consecutive gammas can come out a rounding apart in the wrong order:
+    the step's variance is then 0 (c clamped), not the square root of a negative number."""
+    z = jnp.ones((2, 3))
+    gamma_t = jnp.array([[0.5, 0.5, -2.0]] * 2)
+    gamma_s = gamma_t + jnp.array([[0.0, 1e-6, -1.0]])  # tie, a rounding the wrong way, a proper step
+    mean, var = D.posterior_from_eps(z, jnp.zeros_like(z), gamma_s, gamma_t)
+    np.testing.assert_array_equal(np.asarray(var)[:, :2], 0.0)
+    assert float(var[0, 2]) > 0 and np.all(np.isfinite(np.asarray(mean)))

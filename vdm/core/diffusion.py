@@ -85,9 +85,12 @@ def q_sample(x, gamma, eps):
 
 
 def _transition_coefficients(gamma_s, gamma_t):
-    """alpha_{t|s} = alpha_t / alpha_s and c = 1 - SNR_t/SNR_s = -expm1(gamma_s - gamma_t)."""
+    """alpha_{t|s} = alpha_t / alpha_s and c = 1 - SNR_t/SNR_s = -expm1(gamma_s - gamma_t), for gamma_s <= gamma_t.
+
+    c is clamped at 0: where a per-dimension schedule is flat (MuLAN's polynomial at a root of p), float32 can give
+    gamma_s a rounding above gamma_t, which would make a variance negative."""
     alpha_ts = jnp.exp(0.5 * (jax.nn.log_sigmoid(-gamma_t) - jax.nn.log_sigmoid(-gamma_s)))
-    c = -jnp.expm1(gamma_s - gamma_t)
+    c = -jnp.expm1(jnp.minimum(gamma_s - gamma_t, 0.0))
     return alpha_ts, c
 
 

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from vdm.core import diffusion, losses, objective
-from vdm.core.schedules import gamma_and_derivative
+from vdm.core.schedules import gamma_and_derivative, one_gamma_per_example
 from vdm.registry import Registry
 
 __all__ = ["TIME_DENSITIES", "TimeDensity", "ElboEstimator", "stratified_points", "diffusion_estimate", "elbo_estimate"]
@@ -46,8 +46,8 @@ __all__ = ["TIME_DENSITIES", "TimeDensity", "ElboEstimator", "stratified_points"
 
 @dataclasses.dataclass(frozen=True)
 class TimeDensity:
-    """A map u -> gamma: fn(u [K, B], gamma_fn, gamma_0, gamma_1) -> (gamma, d gamma / du), each [K, B] (or
-    [K, B, ...] for one gamma per dimension)."""
+    """A map u -> gamma: fn(u [K, B], gamma_fn, gamma_0, gamma_1) -> (gamma [K, B], d gamma / du [K, B]) for a
+    schedule of one gamma per example (one per dimension takes `schedule`'s t-sampling point by point)."""
 
     fn: Callable
     description: str
@@ -59,7 +59,7 @@ def _log_snr_uniform(u, gamma_fn, gamma_0, gamma_1):
 
 def _schedule(u, gamma_fn, gamma_0, gamma_1):
     gamma, dgamma = gamma_and_derivative(gamma_fn, u.reshape(-1))
-    return gamma.reshape(u.shape + gamma.shape[1:]), dgamma.reshape(u.shape + gamma.shape[1:])
+    return gamma.reshape(u.shape), dgamma.reshape(u.shape)
 
 
 TIME_DENSITIES = Registry("time density", {
@@ -124,15 +124,23 @@ def diffusion_estimate(x, keys, eps_hat_fn, gamma_fn, num_steps: int = 0, points
 
     u, eps = jax.vmap(draws)(keys)
     u, eps = u.T, jnp.moveaxis(eps, 1, 0)  # [K, B], [K, B, ...]
-    if num_steps:  # u, or the middle of every step when enumerating, goes to its step i / T
-        t = (jnp.arange(num_steps)[:, None] + 0.5) / num_steps if enumerate_steps else u
-        gamma, weight = objective.gamma_and_rate(gamma_fn, jnp.broadcast_to(t, u.shape).reshape(-1), num_steps)
-        gamma, weight = (g.reshape(u.shape + g.shape[1:]) for g in (gamma, weight))
-    else:
-        gamma_0, gamma_1 = gamma_fn(jnp.array([0.0, 1.0]))
-        if gamma_0.ndim and density != "schedule":
+    t = (jnp.arange(num_steps)[:, None] + 0.5) / num_steps if enumerate_steps else u  # the middle of every step
+    if not one_gamma_per_example(gamma_fn, x.shape[0]):
+        # One gamma per dimension: t ~ U[0, 1) under the schedule (L_inf depends on its path in gamma-space), each
+        # point's gamma evaluated for the batch (a schedule conditioned on each example takes times [B]).
+        if not num_steps and density != "schedule":
             raise ValueError(f"eval.time_density {density!r} samples one log-SNR for all dimensions; a schedule of one "
                              "gamma per dimension makes L_inf depend on its path in gamma-space: use 'schedule'")
+
+        def point(et):
+            return objective.diffusion_loss(x, et[0], *objective.gamma_and_rate(gamma_fn, et[1], num_steps), eps_hat_fn)[1]
+
+        return jnp.mean(jax.lax.map(point, (eps, jnp.broadcast_to(t, u.shape))), axis=0)
+    if num_steps:  # u, or the middle of every step when enumerating, goes to its step i / T
+        gamma, weight = objective.gamma_and_rate(gamma_fn, jnp.broadcast_to(t, u.shape).reshape(-1), num_steps)
+        gamma, weight = gamma.reshape(u.shape), weight.reshape(u.shape)
+    else:
+        gamma_0, gamma_1 = gamma_fn(jnp.array([0.0, 1.0]))
         gamma, weight = TIME_DENSITIES.lookup(density).fn(u, gamma_fn, gamma_0, gamma_1)
     point_losses = jax.lax.map(lambda ewg: objective.diffusion_loss(x, *ewg, eps_hat_fn)[1], (eps, gamma, weight))
     return jnp.mean(point_losses, axis=0)  # [K, B] -> [B]

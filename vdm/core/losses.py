@@ -26,7 +26,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from vdm.core import diffusion, objective
+from vdm.core import diffusion, objective, schedules
 from vdm.core.schedules import gamma_and_derivative
 
 __all__ = [
@@ -206,9 +206,10 @@ def elbo_terms(x_int, noise, eps_hat_fn, gamma_fn, vocab_size: int, num_steps: i
 
 
 def endpoint_gammas(gamma_fn, batch: int):
-    """(gamma(0), gamma(1)) for a batch: each [B] for a schedule of one number per example, gamma_fn's shape if more."""
-    gamma_01 = gamma_fn(jnp.array([0.0, 1.0]))
-    if gamma_01.ndim == 1:
+    """(gamma(0), gamma(1)) for a batch: each [B] for a schedule of one number per example, gamma_fn's [B, ...] if
+    it has one per dimension."""
+    if schedules.one_gamma_per_example(gamma_fn, batch):
+        gamma_01 = gamma_fn(jnp.array([0.0, 1.0]))
         return jnp.broadcast_to(gamma_01[0], (batch,)), jnp.broadcast_to(gamma_01[1], (batch,))
     return gamma_fn(jnp.zeros((batch,))), gamma_fn(jnp.ones((batch,)))
 

@@ -45,6 +45,7 @@ __all__ = [
     "OfficialNNet",
     "gamma_and_derivative",
     "t_from_gamma",
+    "one_gamma_per_example",
     "make_schedule",
     "SCHEDULES",
 ]
@@ -54,6 +55,12 @@ def gamma_and_derivative(gamma_fn, t):
     """(gamma(t), gamma'(t)) for an elementwise gamma_fn, via one forward-mode pass."""
     t = jnp.asarray(t, jnp.float32)
     return jax.jvp(gamma_fn, (t,), (jnp.ones_like(t),))
+
+
+def one_gamma_per_example(gamma_fn, batch: int) -> bool:
+    """Whether gamma_fn(t [B]) is [B] (one noise level per example) rather than [B, ...] (one per dimension, the
+    same for every example or, for a schedule conditioned on each example, its own)."""
+    return jax.eval_shape(gamma_fn, jax.ShapeDtypeStruct((batch,), jnp.float32)).shape == (batch,)
 
 
 def t_from_gamma(gamma_fn, gamma, num_iters: int = 32):

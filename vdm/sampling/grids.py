@@ -90,15 +90,10 @@ def time_grid(name: str, gamma_fn, num_steps: int):
 TIME_GRIDS = ("uniform_t", "linspace_t")  # placed in t: usable with a schedule of one gamma per dimension
 
 
-def one_gamma_per_example(gamma_fn, batch: int) -> bool:
-    """Whether gamma_fn(t [B]) is [B] (one noise level per example) rather than [B, ...] (one per dimension)."""
-    return jax.eval_shape(gamma_fn, jax.ShapeDtypeStruct((batch,), jnp.float32)).shape == (batch,)
-
-
 def batch_grid(name: str, gamma_fn, num_steps: int, batch: int):
     """(t [N + 1] from 1 to 0, gamma_at) of the grid `name` for a batch of B; gamma_at(i) is gamma at point i:
     the grid's own gamma_i as [B], or gamma_fn(t_i) [B, ...] for a schedule of one gamma per dimension."""
-    if one_gamma_per_example(gamma_fn, batch):
+    if schedules.one_gamma_per_example(gamma_fn, batch):
         t, gamma = time_grid(name, gamma_fn, num_steps)
         return t, lambda i: jnp.full((batch,), gamma[i])
     if name not in TIME_GRIDS:

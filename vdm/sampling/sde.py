@@ -96,7 +96,7 @@ def reverse_sde_sample(key, eps_hat_fn, gamma_fn, shape, num_steps: int, grid: s
         drift = reverse_drift(z, eps_hat_fn(z, gamma), sigma, dg)
         noise = jax.random.normal(jax.random.fold_in(k_steps, i), shape)
         last = i == num_steps - 1
-        return z - dt * drift + jnp.where(last, 0.0, jnp.sqrt(dg * sigma**2 * dt)) * noise, None
+        return z - dt * drift + jnp.where(last, 0.0, jnp.sqrt(jnp.maximum(dg, 0.0) * sigma**2 * dt)) * noise, None
 
     z, _ = jax.lax.scan(step, z, jnp.arange(num_steps))
     return z
@@ -168,7 +168,7 @@ def pc_sample(key, eps_hat_fn, gamma_fn, shape, num_steps: int, corrector_steps:
             return mean + jnp.sqrt(var) * noise, gamma_s
         sigma, dg = _sigma(gamma_t, z), diffusion.expand_gamma(dgamma_t, z)
         dt = t - s
-        return z - dt * reverse_drift(z, eps, sigma, dg) + jnp.sqrt(dg * sigma**2 * dt) * noise, gamma_s
+        return z - dt * reverse_drift(z, eps, sigma, dg) + jnp.sqrt(jnp.maximum(dg, 0.0) * sigma**2 * dt) * noise, gamma_s
 
     def step(z, i):
         k_pred, k_corr = jax.random.split(jax.random.fold_in(k_steps, i))
