@@ -154,3 +154,56 @@ def test_a_schedule_of_its_own_for_every_example_runs_through_the_estimator_samp
     z_0 = np.asarray(z[:16], np.float64)  # the flow of each example scales by sqrt(v_1 / v_0) whatever its path
     exact_log_p = np.sum(-0.5 * z_0**2 * var_1 / var_0 - 0.5 * math.log(2 * math.pi) + 0.5 * np.log(var_1 / var_0), axis=1)
     np.testing.assert_allclose(log_p, exact_log_p, rtol=1e-4, atol=1e-4)
+
+
+def test_gaussian_latent_kl_matches_a_brute_force_monte_carlo_estimate():
+    from vdm.nets.latent import gaussian_kl_to_standard
+
+    mean = jnp.array([[0.3, -1.2, 0.0, 2.0], [0.0, 0.0, 0.0, 0.0]])
+    log_var = jnp.array([[-0.5, 0.4, -2.0, 0.1], [0.0, 0.0, 0.0, 0.0]])
+    n = 400_000
+    eps = np.asarray(jax.random.normal(jax.random.key(9), (n, 2, 4)), np.float64)
+    c = np.asarray(mean, np.float64) + np.exp(0.5 * np.asarray(log_var, np.float64)) * eps
+    log_q = np.sum(-0.5 * eps**2 - 0.5 * np.asarray(log_var, np.float64), -1)  # the 2 pi terms cancel against p
+    log_p = np.sum(-0.5 * c**2, -1)
+    samples = log_q - log_p  # [n, 2]
+    closed = np.asarray(gaussian_kl_to_standard(mean, log_var), np.float64)
+    np.testing.assert_allclose(closed[1], 0.0, atol=1e-7)
+    se = samples[:, 0].std() / math.sqrt(n)
+    assert abs(samples[:, 0].mean() - closed[0]) < 4 * se, (samples[:, 0].mean(), closed[0], se)
+
+
+def test_mulan_with_a_gaussian_latent_gives_each_image_its_own_schedule_and_a_fourth_elbo_term():
+    """At initialisation q(c|x) = p(c) (KL 0) and every latent gives the shared schedule; once the head moves, two
+    latents give two schedules with the same fixed endpoints; the ELBO's total includes the latent's KL."""
+    from vdm.config.validation import apply_overrides, load_config_file
+    from vdm.model import VDM
+
+    config = apply_overrides(load_config_file("configs/tiny.py"), {
+        "schedule.name": "mulan", "eval.time_density": "schedule", "schedule.latent": "gaussian",
+        "schedule.latent_dim": 4, "model.class_conditional": True, "model.label_dropout": 0.1})
+    model = VDM.from_config(config)
+    params = model.init(jax.random.key(0))
+    batch = {"images": jnp.asarray(np.random.default_rng(0).integers(0, 17, (6, 8, 8, 1))), "labels": jnp.arange(6) % 10}
+    terms = jax.jit(model.elbo_terms)(params, batch, jax.random.key(1))
+    np.testing.assert_array_equal(terms["latent"], 0.0)
+    np.testing.assert_allclose(terms["total"], terms["prior"] + terms["reconstruction"] + terms["diffusion"]
+                               + terms["latent"], rtol=1e-6)
+    t = jnp.full((2,), 0.4)
+    two = jnp.array([[1.0, 0.0, 0.0, 0.0], [0.0, -1.0, 2.0, 0.0]])
+    shared = model.gamma_fn({**params, "schedule": {**params["schedule"]}})(t)
+    np.testing.assert_allclose(model.gamma_fn(params, two)(t), shared, rtol=1e-6)
+    head = jax.tree.map(lambda w: w + 0.3 * jax.random.normal(jax.random.key(2), w.shape),
+                        params["schedule"]["interior"]["head"])
+    moved = {**params, "schedule": {**params["schedule"], "interior": {**params["schedule"]["interior"], "head": head}}}
+    gamma = model.gamma_fn(moved, two)(t)
+    assert float(jnp.max(jnp.abs(gamma[0] - gamma[1]))) > 0.1
+    ends = model.gamma_fn(moved, two)
+    np.testing.assert_allclose(ends(jnp.zeros(2)), -8.0, atol=1e-5)
+    np.testing.assert_allclose(ends(jnp.ones(2)), 5.0, atol=1e-4)
+    # guidance doubles the batch: the latents follow
+    guided = model.guided_eps_hat_fn(moved, jnp.arange(2), 1.5, two)
+    assert guided(jnp.ones((2, 8, 8, 1)), gamma).shape == (2, 8, 8, 1)
+    (_, moved_terms), grads = jax.jit(model.loss_and_grads)(moved, batch, jax.random.key(1))
+    assert float(jnp.min(moved_terms["latent"])) >= 0
+    assert any(float(jnp.max(jnp.abs(g))) > 0 for g in jax.tree.leaves(grads["schedule"]["interior"]["encoder"]))

@@ -315,6 +315,7 @@ def test_variance_train_step_reports_the_interior_gradient_norm_apart():
 
     class Toy:
         interior_objective = "variance"
+        term_names = TERM_NAMES
 
         def init(self, key):
             return {"net": {"kernel": jnp.ones((3,))},

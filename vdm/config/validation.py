@@ -40,7 +40,7 @@ def registries() -> dict:
     """
     from vdm.core import diffusion, elbo_estimator, schedules, weightings
     from vdm.data import augment, datasets
-    from vdm.nets import ops
+    from vdm.nets import latent, ops
     from vdm.sampling import SAMPLERS
 
     return {
@@ -48,6 +48,7 @@ def registries() -> dict:
         "data.augmentation": augment.AUGMENTATIONS,
         "model.prediction": diffusion.PREDICTIONS,
         "schedule.name": schedules.SCHEDULES,
+        "schedule.latent": latent.LATENTS,
         "loss.weighting": weightings.WEIGHTINGS,
         "eval.sampler": SAMPLERS,
         "eval.time_density": elbo_estimator.TIME_DENSITIES,
@@ -57,6 +58,7 @@ _POSITIVE = (
     "data.vocab_size", "model.channels", "model.num_blocks", "training.num_steps", "training.batch_size",
     "training.steps_per_call", "training.log_every", "training.eval_every", "optim.learning_rate",
     "optim.accumulate_steps", "eval.batch_size", "eval.num_repeats", "eval.points_per_example", "eval.sampler_steps", "schedule.width",
+    "schedule.latent_dim",
     "model.fourier_step", "model.fourier_scale", "optim.schedule_lr_scale", "checkpoint.every_steps", "checkpoint.max_to_keep",
 )
 _NON_NEGATIVE = (
@@ -228,6 +230,9 @@ def validate(config) -> None:
                           "'schedule.name' (only 'elbo' trains its endpoints); use a fixed schedule, or "
                           "'monotone_net' with 'schedule.interior_objective' = 'variance' (endpoints pinned, "
                           "the interior an adaptive importance sampler of lambda)")
+    if flat["schedule.latent"] != "none" and flat["schedule.name"] != "mulan":
+        raise ConfigError(f"config key 'schedule.latent' = {flat['schedule.latent']!r} conditions MuLAN's schedule on "
+                          f"each image: it needs 'schedule.name' = 'mulan', got {flat['schedule.name']!r}")
     if getattr(tables["schedule.name"][flat["schedule.name"]], "per_dimension", False):
         if flat["eval.time_density"] != "schedule":
             raise ConfigError(f"config key 'schedule.name' = {flat['schedule.name']!r} has one gamma per dimension: "

@@ -147,7 +147,7 @@ def diffusion_estimate(x, keys, eps_hat_fn, gamma_fn, num_steps: int = 0, points
 
 
 def elbo_estimate(x_int, keys, eps_hat_fn, gamma_fn, vocab_size: int, num_steps: int = 0, points: int = 8,
-                  density: str = "log_snr_uniform", decoder_window: int = 0) -> dict:
+                  density: str = "log_snr_uniform", decoder_window: int = 0, latent_kl=None) -> dict:
     """Prior, reconstruction and diffusion terms and their total, one independent estimate per example.
 
     x_int: integer data [B, ...] in {0..V-1}; keys: one PRNG key per example [B]; the rest as
@@ -163,5 +163,6 @@ def elbo_estimate(x_int, keys, eps_hat_fn, gamma_fn, vocab_size: int, num_steps:
         "reconstruction": losses.reconstruction_loss(
             x_int, diffusion.q_sample(x, gamma_0, eps_0), gamma_0, vocab_size, decoder_window),
         "diffusion": diffusion_estimate(x, key_diffusion, eps_hat_fn, gamma_fn, num_steps, points, density),
+        **({} if latent_kl is None else {"latent": latent_kl}),  # an auxiliary latent's KL (MuLAN)
     }
     return losses.with_totals(terms, math.prod(x.shape[1:]))

@@ -162,7 +162,7 @@ def elbo_noise(key, shape, t=None) -> dict:
 
 
 def elbo_terms(x_int, noise, eps_hat_fn, gamma_fn, vocab_size: int, num_steps: int = 0,
-               weighting=objective.ELBO_WEIGHTING, gammas_t=None, decoder_window: int = 0):
+               weighting=objective.ELBO_WEIGHTING, gammas_t=None, decoder_window: int = 0, latent_kl=None):
     """The ELBO's three terms, their total and the training loss of `weighting`, per example, from one network call.
 
     The training loss of every weighting, in bits per dimension (`terms['loss']`):
@@ -180,9 +180,10 @@ def elbo_terms(x_int, noise, eps_hat_fn, gamma_fn, vocab_size: int, num_steps: i
       gammas_t: optional (gamma_t, rate_t) at noise['t'] given instead of computed
         (`vdm.core.objective.gamma_and_rate`; see `variance_minimizing_value_and_grad`).
       decoder_window: see `reconstruction_loss` (0: every bin).
+      latent_kl: KL(q(c | x) || p(c)) [B] of an auxiliary latent the schedule depends on (MuLAN), a fourth term.
     Returns:
-      dict of [B] arrays: 'prior', 'reconstruction', 'diffusion', 'total' (nats), 'bpd', 'bpd_prior',
-      'bpd_reconstruction', 'bpd_diffusion' (bits/dim), 'loss' (the training loss above) and
+      dict of [B] arrays: 'prior', 'reconstruction', 'diffusion' (and 'latent'), 'total' (nats), 'bpd',
+      'bpd_<term>' (bits/dim), 'loss' (the training loss above, the latent term included) and
       'loss_diffusion' (its diffusion part L_w, bits/dim).
     """
     x = scale_data(x_int, vocab_size)
@@ -199,8 +200,12 @@ def elbo_terms(x_int, noise, eps_hat_fn, gamma_fn, vocab_size: int, num_steps: i
         "prior": prior_kl(x, gamma_1),
         "reconstruction": reconstruction_loss(x_int, z_0, gamma_0, vocab_size, decoder_window),
         "diffusion": diffusion_term,
+        **({} if latent_kl is None else {"latent": latent_kl}),
     }, num_dims)
-    terms["loss"] = to_bits_per_dim(terms["prior"] + terms["reconstruction"] + weighted, num_dims)
+    others = terms["prior"] + terms["reconstruction"]
+    if latent_kl is not None:
+        others = others + latent_kl
+    terms["loss"] = to_bits_per_dim(others + weighted, num_dims)
     terms["loss_diffusion"] = to_bits_per_dim(weighted, num_dims)
     return terms
 
@@ -215,9 +220,11 @@ def endpoint_gammas(gamma_fn, batch: int):
 
 
 def with_totals(terms: dict, num_dims: int) -> dict:
-    """Adds 'total' = prior + reconstruction + diffusion (nats) and 'bpd', 'bpd_<term>' (bits/dim) to `terms`."""
-    terms = {**terms, "total": terms["prior"] + terms["reconstruction"] + terms["diffusion"]}
-    for name in ("prior", "reconstruction", "diffusion"):
+    """Adds 'total' = prior + reconstruction + diffusion (+ latent, if there) in nats and 'bpd', 'bpd_<term>'
+    (bits/dim) to `terms`."""
+    total = terms["prior"] + terms["reconstruction"] + terms["diffusion"]
+    terms = {**terms, "total": total if "latent" not in terms else total + terms["latent"]}
+    for name in ("prior", "reconstruction", "diffusion", "latent")[: 4 if "latent" in terms else 3]:
         terms["bpd_" + name] = to_bits_per_dim(terms[name], num_dims)
     terms["bpd"] = to_bits_per_dim(terms["total"], num_dims)
     return terms

@@ -58,7 +58,12 @@ class PerDimensionPolynomial:
         raw_c = jnp.full(self.shape, math.log(math.expm1(1.0 - _MIN_C)), jnp.float32)  # softplus^-1: c = 1
         return {"endpoints": {}, "interior": {"a": zeros, "b": zeros, "raw_c": raw_c}}
 
-    def __call__(self, params, t):
+    def __call__(self, params, t, offsets=None):
+        """gamma [B, *shape] at t [B]; offsets: (da, db, draw_c) of each example [B, *shape] (MuLAN's latent) added to
+        the shared coefficients, or None."""
         p = params["interior"]
-        c = _MIN_C + jax.nn.softplus(p["raw_c"])
-        return polynomial_gamma(p["a"], p["b"], c, t, self.gamma_min, self.gamma_max, len(self.shape))
+        a, b, raw_c = p["a"], p["b"], p["raw_c"]
+        if offsets is not None:
+            a, b, raw_c = a + offsets[0], b + offsets[1], raw_c + offsets[2]
+        c = _MIN_C + jax.nn.softplus(raw_c)
+        return polynomial_gamma(a, b, c, t, self.gamma_min, self.gamma_max, len(self.shape))

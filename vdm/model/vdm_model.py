@@ -18,7 +18,11 @@ from vdm.config import validation
 from vdm.config.migrations import network_version_problem
 from vdm.core import diffusion, elbo_estimator, losses, schedules, weightings
 from vdm.nets import ScoreUNet, make_ops
+from vdm.nets import latent as latent_nets
 from vdm.sampling import guidance
+
+
+TERM_NAMES = ("bpd", "bpd_prior", "bpd_reconstruction", "bpd_diffusion")  # the ELBO's terms in bits/dim
 
 
 def noise_level(gamma):
@@ -46,6 +50,8 @@ class VDM:
     decoder_window: int = 0
     class_conditional: bool = False
     label_dropout: float = 0.0
+    latent: str = "none"  # schedule.latent: MuLAN's auxiliary latent c ~ q(c | x) (`vdm.nets.latent`)
+    latent_dim: int = 0
 
     @classmethod
     def from_config(cls, config) -> "VDM":
@@ -61,7 +67,7 @@ class VDM:
             dropout=m.dropout,
             attention_per_block=m.attention_per_block,
             fourier=(m.fourier_start, m.fourier_stop, m.fourier_step, m.fourier_scale) if m.fourier_features else None,
-            cond_dim=m.cond_dim,
+            cond_dim=m.cond_dim + (s.latent_dim if s.latent != "none" else 0),  # the latent joins the conditioning
             num_classes=num_classes,
             input_skip=m.input_skip and m.prediction == "eps",
             norm_groups=m.norm_groups,
@@ -84,6 +90,8 @@ class VDM:
             decoder_window=config.loss.decoder_window,
             class_conditional=m.class_conditional,
             label_dropout=m.label_dropout,
+            latent=s.latent,
+            latent_dim=s.latent_dim if s.latent != "none" else 0,
         )
 
     @property
@@ -105,28 +113,65 @@ class VDM:
             k_net, k_sched = jax.random.split(key)
             z = jnp.zeros((1, *self.image_shape), jnp.float32)
             net_params = self.net.init({"params": k_net}, z, jnp.zeros((1,)))["params"]
-            return {"net": net_params, "schedule": self.schedule.init(k_sched)}
+            schedule = self.schedule.init(k_sched)
+            if self.latent_dim:  # MuLAN's encoder and head train with the schedule's shape
+                k_enc, k_head = jax.random.split(jax.random.fold_in(k_sched, 1))
+                schedule["interior"] = {
+                    **schedule["interior"],
+                    "encoder": self._encoder.init(k_enc, z)["params"],
+                    "head": self._head.init(k_head, jnp.zeros((1, self.latent_dim)))["params"]}
+            return {"net": net_params, "schedule": schedule}
 
         return jax.jit(init)
 
-    def gamma_fn(self, params):
-        """t [B] -> gamma [B] for these parameters."""
-        return functools.partial(self.schedule, params["schedule"])
+    @functools.cached_property
+    def _encoder(self):
+        return latent_nets.GaussianEncoder(self.latent_dim)
 
-    def eps_hat_fn(self, params, labels=None, cond=None, dropout_key=None):
-        """(z [B, ...], gamma [B]) -> eps_hat [B, ...] float32. Dropout is on iff a dropout_key is given."""
+    @functools.cached_property
+    def _head(self):
+        return latent_nets.ScheduleHead(self.image_shape)
+
+    def draw_latent(self, params, x_int, noise):
+        """(c [B, d], KL(q(c | x) || p(c)) [B] nats): c = mu(x) + exp(log_var(x) / 2) noise, noise [B, d] ~ N(0, I)."""
+        x = losses.scale_data(x_int, self.vocab_size)
+        mean, log_var = self._encoder.apply({"params": params["schedule"]["interior"]["encoder"]}, x)
+        return mean + jnp.exp(0.5 * log_var) * noise, latent_nets.gaussian_kl_to_standard(mean, log_var)
+
+    def gamma_fn(self, params, latent=None):
+        """t [B] -> gamma [B] (or [B, ...] per dimension) for these parameters. With MuLAN's latent, latent [B, d]
+        gives each example its own schedule (t must then be [B]); None: the schedule of c = 0 for any batch."""
+        if not self.latent_dim:
+            return functools.partial(self.schedule, params["schedule"])
+
+        def gamma(t):
+            c = jnp.zeros((jnp.shape(t)[0], self.latent_dim)) if latent is None else latent
+            offsets = self._head.apply({"params": params["schedule"]["interior"]["head"]}, c)
+            return self.schedule(params["schedule"], t, offsets)
+
+        return gamma
+
+    def eps_hat_fn(self, params, labels=None, cond=None, dropout_key=None, latent=None):
+        """(z [B, ...], gamma [B]) -> eps_hat [B, ...] float32. Dropout is on iff a dropout_key is given.
+        latent [B, d]: MuLAN's c, appended to the network's conditioning (zeros if None)."""
 
         def eps_hat(z, gamma):
             rngs = {} if dropout_key is None else {"dropout": dropout_key}
+            conditioning = cond
+            if self.latent_dim:
+                b = z.shape[0]
+                c = jnp.zeros((b, self.latent_dim)) if latent is None else latent
+                base = jnp.zeros((b, self.net.cond_dim - self.latent_dim)) if cond is None else cond
+                conditioning = jnp.concatenate([base.astype(jnp.float32), c], axis=-1)
             out = self.net.apply(
-                {"params": params["net"]}, z, noise_level(gamma), cond, labels, deterministic=dropout_key is None,
-                rngs=rngs,
+                {"params": params["net"]}, z, noise_level(gamma), conditioning, labels,
+                deterministic=dropout_key is None, rngs=rngs,
             )
             return diffusion.eps_from_prediction(out, z, gamma, self.prediction)
 
         return eps_hat
 
-    def guided_eps_hat_fn(self, params, labels, weight: float):
+    def guided_eps_hat_fn(self, params, labels, weight: float, latent=None):
         """Classifier-free guided denoiser (1 + w) eps_hat(z, y) - w eps_hat(z, null) for labels [B].
 
         One network call on a doubled batch (`vdm.sampling.guidance.classifier_free_eps_hat_fn`).
@@ -134,8 +179,10 @@ class VDM:
         """
         if not self.class_conditional:
             raise ValueError("classifier-free guidance needs a class-conditional model (model.class_conditional=True)")
-        return guidance.classifier_free_eps_hat_fn(lambda y: self.eps_hat_fn(params, labels=y), labels,
-                                                   self.num_classes, weight)
+        doubled = None if latent is None else jnp.concatenate([latent, latent])  # the doubled batch's latents
+        return guidance.classifier_free_eps_hat_fn(
+            lambda y: self.eps_hat_fn(params, labels=y, latent=doubled if y.shape[0] != labels.shape[0] else latent),
+            labels, self.num_classes, weight)
 
     def _labels(self, batch, key, train):
         if not self.class_conditional:
@@ -159,23 +206,36 @@ class VDM:
         given, the ELBO's draws (`vdm.core.losses.elbo_noise`).
         """
         k_elbo, k_drop, k_label = self._split(key)
+        latent, latent_kl = None, None
+        if self.latent_dim:  # its own stream: the other draws stay those of a model without the latent
+            shape = (batch["images"].shape[0], self.latent_dim)
+            latent, latent_kl = self.draw_latent(params, batch["images"], jax.random.normal(jax.random.fold_in(key, 3), shape))
         eps_hat_fn = self.eps_hat_fn(
-            params, self._labels(batch, k_label, train), batch.get("cond"), k_drop if train else None
+            params, self._labels(batch, k_label, train), batch.get("cond"), k_drop if train else None, latent
         )
         noise = losses.elbo_noise(k_elbo, batch["images"].shape) if noise is None else noise
         return losses.elbo_terms(
-            batch["images"], noise, eps_hat_fn, self.gamma_fn(params), self.vocab_size, self.num_steps,
-            weighting=self.loss_weighting(), gammas_t=gammas_t, decoder_window=self.decoder_window,
+            batch["images"], noise, eps_hat_fn, self.gamma_fn(params, latent), self.vocab_size, self.num_steps,
+            weighting=self.loss_weighting(), gammas_t=gammas_t, decoder_window=self.decoder_window, latent_kl=latent_kl,
         )
 
     def elbo_estimate(self, params, batch, keys, estimator: elbo_estimator.ElboEstimator):
         """Per-example ELBO terms for evaluation (no dropout), each example from its own key [B]: one repeat of
         `estimator` (`vdm.core.elbo_estimator.elbo_estimate`)."""
-        eps_hat_fn = self.eps_hat_fn(params, self._labels(batch, None, False), batch.get("cond"))
+        latent, latent_kl = None, None
+        if self.latent_dim:  # each example's c from its own key
+            noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 3), (self.latent_dim,)))(keys)
+            latent, latent_kl = self.draw_latent(params, batch["images"], noise)
+        eps_hat_fn = self.eps_hat_fn(params, self._labels(batch, None, False), batch.get("cond"), latent=latent)
         return elbo_estimator.elbo_estimate(
-            batch["images"], keys, eps_hat_fn, self.gamma_fn(params), self.vocab_size, self.num_steps,
-            estimator.points, estimator.density, self.decoder_window,
+            batch["images"], keys, eps_hat_fn, self.gamma_fn(params, latent), self.vocab_size, self.num_steps,
+            estimator.points, estimator.density, self.decoder_window, latent_kl=latent_kl,
         )
+
+    @property
+    def term_names(self) -> tuple:
+        """The per-example terms in bits/dim that evaluation and the train metrics report."""
+        return TERM_NAMES + (("bpd_latent",) if self.latent_dim else ())
 
     def loss_and_grads(self, params, batch, key):
         """((scalar loss, per-example terms), grads) of `training_loss`.

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vdm.core import losses
 from vdm.core.elbo_estimator import ElboEstimator
 from vdm.data import pipeline
 from vdm.errors import ConfigError
@@ -25,7 +26,7 @@ from vdm.sampling import likelihood
 from vdm.training import distributed, outputs
 from vdm.training.generation import write_pictures
 from vdm.training.run import Run, num_parameters
-from vdm.training.steps import TERM_NAMES, make_eval_step
+from vdm.training.steps import make_eval_step
 from vdm.training.workdirs import result_line
 
 STDERR_NOTE = ("standard error over test examples of each example's estimate (its mean over the repeats); every "
@@ -46,7 +47,7 @@ def evaluate(eval_step, params, split, batch_size: int, key, num_repeats: int = 
     from the per-example variance over repeats pooled over the N examples.
     With a `mesh`, every process holds the split and feeds its part of each batch.
     """
-    values = {name: np.zeros((num_repeats, len(split))) for name in TERM_NAMES}
+    values = {}  # {name: [repeats, examples]} for the terms the eval step returns (`VDM.term_names`)
     for r in range(num_repeats):
         offset = 0
         for batch in pipeline.eval_batches(split, batch_size):
@@ -55,8 +56,9 @@ def evaluate(eval_step, params, split, batch_size: int, key, num_repeats: int = 
                 batch = distributed.global_batch(pipeline.local_part(batch, jax.process_index(), jax.process_count()), mesh)
             terms = eval_step(params, batch, jax.random.fold_in(key, r))
             n = int(mask.sum())
-            for name in TERM_NAMES:
-                values[name][r, offset : offset + n] = distributed.to_host(terms[name])[:n]
+            for name in terms:
+                values.setdefault(name, np.zeros((num_repeats, len(split))))[r, offset : offset + n] = (
+                    distributed.to_host(terms[name])[:n])
             offset += n
     out = {}
     for name, v in values.items():
@@ -177,11 +179,16 @@ def ode_bits_per_dim_fn(model, probe: str = "rademacher", mesh=None, matmul_prec
 
     @functools.partial(jax.jit, static_argnums=3)
     def ode_bpd(params, x_int, key, dequantization):
-        eps_hat_fn = model.eps_hat_fn(params)
+        latent, latent_bpd = None, 0.0
+        if model.latent_dim:  # MuLAN: log p(x) >= E_q(c|x)[log p(x | c)] - KL(q(c | x) || p(c)), one c per example
+            noise = jax.random.normal(jax.random.fold_in(key, 3), (x_int.shape[0], model.latent_dim))
+            latent, latent_kl = model.draw_latent(params, x_int, noise)
+            latent_bpd = losses.to_bits_per_dim(latent_kl, model.num_dims)
+        eps_hat_fn = model.eps_hat_fn(params, latent=latent)
         with jax.default_matmul_precision(matmul_precision):
             return shard(likelihood.ode_bits_per_dim(shard(x_int), lambda z, g: eps_hat_fn(shard(z), g),
-                                                 model.gamma_fn(params), model.vocab_size, key,
-                                                 dequantization=dequantization, probe=probe))
+                                                 model.gamma_fn(params, latent), model.vocab_size, key,
+                                                 dequantization=dequantization, probe=probe) + latent_bpd)
 
     return ode_bpd
 

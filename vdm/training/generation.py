@@ -35,17 +35,21 @@ def sample(model, params, key, num_samples: int, sampler: str = "ancestral", num
     on its part of the batch; the samples are those of one device.
     """
     k_sample, k_decode = jax.random.split(key)
+    latent = None
+    if model.latent_dim:  # MuLAN: each sample's own schedule from c ~ p(c) = N(0, I)
+        latent = jax.random.normal(jax.random.fold_in(key, 3), (num_samples, model.latent_dim))
     if guidance:
         if labels is None:
             raise ValueError("classifier-free guidance needs labels")
-        eps_hat_fn = model.guided_eps_hat_fn(params, labels, guidance)
+        eps_hat_fn = model.guided_eps_hat_fn(params, labels, guidance, latent)
     else:
-        eps_hat_fn = model.eps_hat_fn(params, labels=labels)
-    gamma_fn = model.gamma_fn(params)
+        eps_hat_fn = model.eps_hat_fn(params, labels=labels, latent=latent)
+    gamma_fn = model.gamma_fn(params, latent)
     shard = distributed.constrain_to_batch(mesh)
     z_0 = sampling.get_sampler(sampler)(k_sample, lambda z, gamma: eps_hat_fn(shard(z), gamma), gamma_fn,
                                         (num_samples, *model.image_shape), num_steps)
-    return shard(sampling.decode(shard(z_0), gamma_fn(jnp.zeros((1,)))[0], model.vocab_size, k_decode))
+    gamma_0 = gamma_fn(jnp.zeros((num_samples,))) if model.latent_dim else gamma_fn(jnp.zeros((1,)))[0]
+    return shard(sampling.decode(shard(z_0), gamma_0, model.vocab_size, k_decode))
 
 
 def run_samples(run: Run, params, key, num_samples: int | None = None) -> np.ndarray:

@@ -16,8 +16,8 @@ import optax
 from vdm.core.elbo_estimator import ElboEstimator
 from vdm.training import distributed, optim
 from vdm.model import VDM
+from vdm.model.vdm_model import TERM_NAMES  # the ELBO's terms; 'bpd_latent' too with a latent (`VDM.term_names`)
 
-TERM_NAMES = ("bpd", "bpd_prior", "bpd_reconstruction", "bpd_diffusion")
 
 
 @flax.struct.dataclass
@@ -38,9 +38,9 @@ def create_train_state(model: VDM, tx, key) -> TrainState:
     )
 
 
-def _scalar_metrics(loss, terms, grad_norm, lr):
+def _scalar_metrics(loss, terms, grad_norm, lr, names=TERM_NAMES):
     metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": lr}
-    for name in TERM_NAMES:
+    for name in names:
         metrics[name] = jnp.mean(terms[name])
     metrics["bpd_variance"] = jnp.var(terms["bpd"])  # per-example variance of the ELBO estimate in the batch
     return metrics
@@ -88,7 +88,7 @@ def make_train_step(model: VDM, tx, lr_schedule, ema_decay: float, mesh=None, do
         # One branch taken as a whole, not a select per leaf: XLA:CPU took ~3 s to compile the selects.
         new_state = jax.lax.cond(finite, update, lambda s: s.replace(step=s.step + 1), state)
         num_updates = new_state.opt_state.gradient_step if isinstance(tx, optax.MultiSteps) else new_state.step
-        metrics = _scalar_metrics(loss, terms, grad_norm, lr_schedule(num_updates - 1))
+        metrics = _scalar_metrics(loss, terms, grad_norm, lr_schedule(num_updates - 1), model.term_names)
         gamma_01 = model.gamma_fn(new_state.params)(jnp.array([0.0, 1.0]))
         gamma_0, gamma_1 = jnp.mean(gamma_01.reshape(2, -1), axis=-1)  # one gamma per dimension: their mean
         metrics.update(gamma_0=gamma_0, gamma_1=gamma_1, nonfinite=1.0 - finite.astype(jnp.float32))
@@ -131,7 +131,7 @@ def make_eval_step(model: VDM, mesh=None, matmul_precision: str = "highest", est
         keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, batch["index"])
         with jax.default_matmul_precision(matmul_precision):
             terms = model.elbo_estimate(params, batch, keys, estimator)
-        return {name: terms[name] for name in TERM_NAMES}
+        return {name: terms[name] for name in model.term_names}
 
     if mesh is None:
         return jax.jit(eval_step)
