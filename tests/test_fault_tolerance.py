@@ -27,7 +27,8 @@ OVERRIDES = ["--config.checkpoint.every_steps=2", "--config.checkpoint.max_to_ke
              *[f"--config.{k}={v}" for k, v in LIGHT_EVAL.items()]]
 
 
-MULAN = ("--config.schedule.name=mulan", "--config.eval.time_density=schedule")  # one gamma per dimension
+MULAN = ("--config.schedule.name=mulan", "--config.eval.time_density=schedule",  # one gamma per dimension, per image
+         "--config.schedule.latent=gaussian")
 
 
 def _command(workdir, extra=()):
@@ -100,7 +101,8 @@ def test_kill_9_mid_run_then_rerun_gives_the_uninterrupted_parameters(tmp_path, 
 
 @pytest.mark.slow
 def test_a_mulan_run_killed_mid_run_resumes_to_the_uninterrupted_parameters(tmp_path):
-    """The same with one gamma per dimension (schedule.name=mulan): its learned schedule resumes bitwise too."""
+    """The same with one gamma per dimension of each image (schedule.name=mulan with its Gaussian latent): the
+    learned schedule, the encoder and the latent draws resume bitwise too."""
     code, _, err = _run(tmp_path / "reference", MULAN)
     assert code == 0, err[-3000:]
     _kill_9_at_step_4_then_rerun(tmp_path / "run", MULAN)
