@@ -144,12 +144,13 @@ class VDM:
         if not self.latent_dim:
             return functools.partial(self.schedule, params["schedule"])
 
-        def gamma(t):
-            c = jnp.zeros((jnp.shape(t)[0], self.latent_dim)) if latent is None else latent
-            offsets = self._head.apply({"params": params["schedule"]["interior"]["head"]}, c)
-            return self.schedule(params["schedule"], t, offsets)
+        def offsets_of(c):
+            return self._head.apply({"params": params["schedule"]["interior"]["head"]}, c)
 
-        return gamma
+        if latent is not None:  # computed once, not at every evaluation of gamma (samplers call it every step)
+            offsets = offsets_of(latent)
+            return lambda t: self.schedule(params["schedule"], t, offsets)
+        return lambda t: self.schedule(params["schedule"], t, offsets_of(jnp.zeros((jnp.shape(t)[0], self.latent_dim))))
 
     def eps_hat_fn(self, params, labels=None, cond=None, dropout_key=None, latent=None):
         """(z [B, ...], gamma [B]) -> eps_hat [B, ...] float32. Dropout is on iff a dropout_key is given.
