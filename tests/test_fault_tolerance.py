@@ -28,7 +28,7 @@ OVERRIDES = ["--config.checkpoint.every_steps=2", "--config.checkpoint.max_to_ke
 
 
 MULAN = ("--config.schedule.name=mulan", "--config.eval.time_density=schedule",  # one gamma per dimension, per image
-         "--config.schedule.latent=gaussian")
+         "--config.schedule.latent=topk")
 
 
 def _command(workdir, extra=()):
@@ -101,7 +101,7 @@ def test_kill_9_mid_run_then_rerun_gives_the_uninterrupted_parameters(tmp_path, 
 
 @pytest.mark.slow
 def test_a_mulan_run_killed_mid_run_resumes_to_the_uninterrupted_parameters(tmp_path):
-    """The same with one gamma per dimension of each image (schedule.name=mulan with its Gaussian latent): the
+    """The same with one gamma per dimension of each image (schedule.name=mulan with its top-k latent, MuLAN's): the
     learned schedule, the encoder and the latent draws resume bitwise too."""
     code, _, err = _run(tmp_path / "reference", MULAN)
     assert code == 0, err[-3000:]

@@ -173,24 +173,25 @@ def test_gaussian_latent_kl_matches_a_brute_force_monte_carlo_estimate():
     assert abs(samples[:, 0].mean() - closed[0]) < 4 * se, (samples[:, 0].mean(), closed[0], se)
 
 
-def test_mulan_with_a_gaussian_latent_gives_each_image_its_own_schedule_and_a_fourth_elbo_term():
+@pytest.mark.parametrize("latent", ["gaussian", "topk"])
+def test_mulan_with_a_latent_gives_each_image_its_own_schedule_and_a_fourth_elbo_term(latent):
     """At initialisation q(c|x) = p(c) (KL 0) and every latent gives the shared schedule; once the head moves, two
     latents give two schedules with the same fixed endpoints; the ELBO's total includes the latent's KL."""
     from vdm.config.validation import apply_overrides, load_config_file
     from vdm.model import VDM
 
     config = apply_overrides(load_config_file("configs/tiny.py"), {
-        "schedule.name": "mulan", "eval.time_density": "schedule", "schedule.latent": "gaussian",
-        "schedule.latent_dim": 4, "model.class_conditional": True, "model.label_dropout": 0.1})
+        "schedule.name": "mulan", "eval.time_density": "schedule", "schedule.latent": latent,
+        "schedule.latent_dim": 4, "schedule.latent_k": 2, "model.class_conditional": True, "model.label_dropout": 0.1})
     model = VDM.from_config(config)
     params = model.init(jax.random.key(0))
     batch = {"images": jnp.asarray(np.random.default_rng(0).integers(0, 17, (6, 8, 8, 1))), "labels": jnp.arange(6) % 10}
     terms = jax.jit(model.elbo_terms)(params, batch, jax.random.key(1))
-    np.testing.assert_array_equal(terms["latent"], 0.0)
+    np.testing.assert_allclose(terms["latent"], 0.0, atol=1e-6)
     np.testing.assert_allclose(terms["total"], terms["prior"] + terms["reconstruction"] + terms["diffusion"]
                                + terms["latent"], rtol=1e-6)
     t = jnp.full((2,), 0.4)
-    two = jnp.array([[1.0, 0.0, 0.0, 0.0], [0.0, -1.0, 2.0, 0.0]])
+    two = jnp.array([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]])  # also two of the top-k latent's values
     shared = model.gamma_fn({**params, "schedule": {**params["schedule"]}})(t)
     np.testing.assert_allclose(model.gamma_fn(params, two)(t), shared, rtol=1e-6)
     head = jax.tree.map(lambda w: w + 0.3 * jax.random.normal(jax.random.key(2), w.shape),

@@ -50,8 +50,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.schedule.gamma_min = -13.3
     c.schedule.gamma_max = 5.0
     c.schedule.width = 1024  # monotone_net only
-    c.schedule.latent = "none"  # mulan only: none | gaussian (vdm.nets.latent.LATENTS), MuLAN's auxiliary latent
+    c.schedule.latent = "none"  # mulan only: none | gaussian | topk (vdm.nets.latent.LATENTS), MuLAN's auxiliary latent
     c.schedule.latent_dim = 8  # mulan with a latent: its dimension
+    c.schedule.latent_k = 3  # latent topk only: how many of its latent_dim slots are on (MuLAN: 15 of 50)
     # monotone_net only: what its interior shape trains on. elbo | variance (the paper's variance-minimising
     # schedule: mean of the squared per-example diffusion loss; endpoints and network still train on the ELBO).
     # With a loss.weighting of lambda alone, variance makes the interior an adaptive importance sampler of lambda

@@ -58,7 +58,7 @@ _POSITIVE = (
     "data.vocab_size", "model.channels", "model.num_blocks", "training.num_steps", "training.batch_size",
     "training.steps_per_call", "training.log_every", "training.eval_every", "optim.learning_rate",
     "optim.accumulate_steps", "eval.batch_size", "eval.num_repeats", "eval.points_per_example", "eval.sampler_steps", "schedule.width",
-    "schedule.latent_dim",
+    "schedule.latent_dim", "schedule.latent_k",
     "model.fourier_step", "model.fourier_scale", "optim.schedule_lr_scale", "checkpoint.every_steps", "checkpoint.max_to_keep",
 )
 _NON_NEGATIVE = (
@@ -233,6 +233,9 @@ def validate(config) -> None:
     if flat["schedule.latent"] != "none" and flat["schedule.name"] != "mulan":
         raise ConfigError(f"config key 'schedule.latent' = {flat['schedule.latent']!r} conditions MuLAN's schedule on "
                           f"each image: it needs 'schedule.name' = 'mulan', got {flat['schedule.name']!r}")
+    if flat["schedule.latent"] == "topk" and not flat["schedule.latent_k"] < flat["schedule.latent_dim"]:
+        raise ConfigError(f"config key 'schedule.latent_k' = {flat['schedule.latent_k']} must be below "
+                          f"'schedule.latent_dim' = {flat['schedule.latent_dim']} (k of its slots are on)")
     if getattr(tables["schedule.name"][flat["schedule.name"]], "per_dimension", False):
         if flat["eval.time_density"] != "schedule":
             raise ConfigError(f"config key 'schedule.name' = {flat['schedule.name']!r} has one gamma per dimension: "

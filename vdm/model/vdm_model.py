@@ -52,6 +52,7 @@ class VDM:
     label_dropout: float = 0.0
     latent: str = "none"  # schedule.latent: MuLAN's auxiliary latent c ~ q(c | x) (`vdm.nets.latent`)
     latent_dim: int = 0
+    latent_k: int = 0  # schedule.latent_k: the top-k latent's slots on
 
     @classmethod
     def from_config(cls, config) -> "VDM":
@@ -92,6 +93,7 @@ class VDM:
             label_dropout=m.label_dropout,
             latent=s.latent,
             latent_dim=s.latent_dim if s.latent != "none" else 0,
+            latent_k=s.latent_k if s.latent == "topk" else 0,
         )
 
     @property
@@ -125,18 +127,31 @@ class VDM:
         return jax.jit(init)
 
     @functools.cached_property
+    def _latent(self):
+        return latent_nets.make_latent(self.latent, self.latent_dim, self.latent_k)
+
+    @functools.cached_property
     def _encoder(self):
-        return latent_nets.GaussianEncoder(self.latent_dim)
+        return latent_nets.LatentEncoder(self._latent.encoder_outputs)
 
     @functools.cached_property
     def _head(self):
         return latent_nets.ScheduleHead(self.image_shape)
 
+    def latent_noise(self, key, batch_size: int):
+        """The latent's noise [B, d] for a key (normal for 'gaussian', Gumbel for 'topk'): its own stream, so the
+        other draws stay those of a model without the latent."""
+        return self._latent.noise(jax.random.fold_in(key, 3), (batch_size, self.latent_dim))
+
     def draw_latent(self, params, x_int, noise):
-        """(c [B, d], KL(q(c | x) || p(c)) [B] nats): c = mu(x) + exp(log_var(x) / 2) noise, noise [B, d] ~ N(0, I)."""
+        """(c [B, d], KL(q(c | x) || p(c)) [B] nats) for the latent's noise [B, d] (`vdm.nets.latent`)."""
         x = losses.scale_data(x_int, self.vocab_size)
-        mean, log_var = self._encoder.apply({"params": params["schedule"]["interior"]["encoder"]}, x)
-        return mean + jnp.exp(0.5 * log_var) * noise, latent_nets.gaussian_kl_to_standard(mean, log_var)
+        encoded = self._encoder.apply({"params": params["schedule"]["interior"]["encoder"]}, x)
+        return self._latent.posterior(encoded, noise)
+
+    def prior_latent(self, key, batch_size: int):
+        """c [B, d] ~ p(c), for generation."""
+        return self._latent.prior(self.latent_noise(key, batch_size))
 
     def gamma_fn(self, params, latent=None):
         """t [B] -> gamma [B] (or [B, ...] per dimension) for these parameters. With MuLAN's latent, latent [B, d]
@@ -209,8 +224,7 @@ class VDM:
         k_elbo, k_drop, k_label = self._split(key)
         latent, latent_kl = None, None
         if self.latent_dim:  # its own stream: the other draws stay those of a model without the latent
-            shape = (batch["images"].shape[0], self.latent_dim)
-            latent, latent_kl = self.draw_latent(params, batch["images"], jax.random.normal(jax.random.fold_in(key, 3), shape))
+            latent, latent_kl = self.draw_latent(params, batch["images"], self.latent_noise(key, batch["images"].shape[0]))
         eps_hat_fn = self.eps_hat_fn(
             params, self._labels(batch, k_label, train), batch.get("cond"), k_drop if train else None, latent
         )
@@ -225,7 +239,7 @@ class VDM:
         `estimator` (`vdm.core.elbo_estimator.elbo_estimate`)."""
         latent, latent_kl = None, None
         if self.latent_dim:  # each example's c from its own key
-            noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 3), (self.latent_dim,)))(keys)
+            noise = jax.vmap(lambda k: self.latent_noise(k, 1)[0])(keys)
             latent, latent_kl = self.draw_latent(params, batch["images"], noise)
         eps_hat_fn = self.eps_hat_fn(params, self._labels(batch, None, False), batch.get("cond"), latent=latent)
         return elbo_estimator.elbo_estimate(
