@@ -149,11 +149,12 @@ def final_evaluation(run: Run, state, test: pipeline.Split, train_seconds=None):
         "gamma_1": float(gamma[1]),
         "samples": "samples_final.png (first %d), samples.npz (all %d; %s, --steps %d)" % (
             min(outputs.GRID_MAX_IMAGES, config.eval.num_samples), config.eval.num_samples,
-            config.eval.sampler, config.eval.sampler_steps),
+            config.eval.sampler, config.eval.sampler_steps) if samples is not None else "none (eval.num_samples = 0)",
     }
     path = os.path.join(run.workdir, "results.json")
-    if run.main:
+    if run.main and samples is not None:
         np.savez_compressed(os.path.join(run.workdir, "samples.npz"), samples=samples)
+    if run.main:
         outputs.write_json(path, results)
     return results, path
 
@@ -181,8 +182,7 @@ def ode_bits_per_dim_fn(model, probe: str = "rademacher", mesh=None, matmul_prec
     def ode_bpd(params, x_int, key, dequantization):
         latent, latent_bpd = None, 0.0
         if model.latent_dim:  # MuLAN: log p(x) >= E_q(c|x)[log p(x | c)] - KL(q(c | x) || p(c)), one c per example
-            noise = jax.random.normal(jax.random.fold_in(key, 3), (x_int.shape[0], model.latent_dim))
-            latent, latent_kl = model.draw_latent(params, x_int, noise)
+            latent, latent_kl = model.draw_latent(params, x_int, model.latent_noise(key, x_int.shape[0]))
             latent_bpd = losses.to_bits_per_dim(latent_kl, model.num_dims)
         eps_hat_fn = model.eps_hat_fn(params, latent=latent)
         with jax.default_matmul_precision(matmul_precision):

@@ -36,8 +36,8 @@ def sample(model, params, key, num_samples: int, sampler: str = "ancestral", num
     """
     k_sample, k_decode = jax.random.split(key)
     latent = None
-    if model.latent_dim:  # MuLAN: each sample's own schedule from c ~ p(c) = N(0, I)
-        latent = jax.random.normal(jax.random.fold_in(key, 3), (num_samples, model.latent_dim))
+    if model.latent_dim:  # MuLAN: each sample's own schedule from c ~ p(c)
+        latent = model.prior_latent(key, num_samples)
     if guidance:
         if labels is None:
             raise ValueError("classifier-free guidance needs labels")
@@ -60,10 +60,14 @@ def run_samples(run: Run, params, key, num_samples: int | None = None) -> np.nda
 
 
 def write_pictures(run: Run, params, tag: str, key, num_samples: int | None = None) -> np.ndarray:
-    """samples_<tag>.png and log_snr_<tag>.png in the workdir; returns the samples."""
-    samples = run_samples(run, params, key, num_samples)
-    if run.main:
+    """samples_<tag>.png and log_snr_<tag>.png in the workdir; returns the samples (None with eval.num_samples = 0:
+    then only the schedule's picture)."""
+    samples = None
+    if num_samples or run.config.eval.num_samples:
+        samples = run_samples(run, params, key, num_samples)
+    if run.main and samples is not None:
         outputs.save_image_grid(samples, run.model.vocab_size, os.path.join(run.workdir, f"samples_{tag}.png"))
+    if run.main:
         outputs.plot_schedule(run.model.gamma_fn(params), os.path.join(run.workdir, f"log_snr_{tag}.png"))
     return samples
 
