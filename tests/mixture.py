@@ -11,6 +11,9 @@ ground truth the samplers and the likelihood are tested against.
 With Σ_k = U_k diag(λ_k) U_kᵀ (eigendecomposed once), C_k = U_k diag(α_t² λ_k + σ_t²) U_kᵀ:
 its inverse and log-determinant are elementwise in that basis, so densities and scores
 need no matrix solve per point.
+
+With one γ per dimension (gamma [B, d]: α, σ vectors), C_k = diag(α) Σ_k diag(α) + diag(σ²),
+factored per point (Cholesky), and ε̂ = −σ ⊙ ∇ log q(z_t).
 """
 
 from __future__ import annotations
@@ -54,17 +57,32 @@ class GaussianMixture:
         diff = z[:, None, :] - jnp.sqrt(alpha2) * jnp.asarray(self.means, jnp.float32)[None]
         return jnp.einsum("bkd,kde->bke", diff, u), alpha2 * lam[None] + sigma2
 
+    def _per_dimension(self, z, gamma):
+        """gamma [B, d]: z − α ⊙ μ_k and C_k⁻¹ (z − α ⊙ μ_k) [B, K, d], log det C_k [B, K]."""
+        alpha, sigma2 = jnp.sqrt(jax.nn.sigmoid(-gamma)), jax.nn.sigmoid(gamma)
+        covs = jnp.asarray(self.covs, z.dtype)[None]
+        cov = alpha[:, None, :, None] * covs * alpha[:, None, None, :] + jnp.eye(self.dim) * sigma2[:, None, :, None]
+        diff = z[:, None, :] - alpha[:, None, :] * jnp.asarray(self.means, z.dtype)[None]
+        chol = jnp.linalg.cholesky(cov)
+        solved = jax.scipy.linalg.cho_solve((chol, True), diff[..., None])[..., 0]
+        return diff, solved, 2 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), -1)
+
     def _log_joint(self, z, gamma):
         """log π_k + log N(z; α μ_k, C_k) [B, K]."""
-        proj, var = self._in_eigenbasis(z, gamma)
-        log_comp = -0.5 * (jnp.sum(proj**2 / var + jnp.log(var), -1) + self.dim * jnp.log(2 * jnp.pi))
+        if gamma.ndim == 2:
+            diff, solved, log_det = self._per_dimension(z, gamma)
+            log_comp = -0.5 * (jnp.sum(diff * solved, -1) + log_det + self.dim * jnp.log(2 * jnp.pi))
+        else:
+            proj, var = self._in_eigenbasis(z, gamma)
+            log_comp = -0.5 * (jnp.sum(proj**2 / var + jnp.log(var), -1) + self.dim * jnp.log(2 * jnp.pi))
         return log_comp + jnp.log(jnp.asarray(self.weights, jnp.float32))
 
     @staticmethod
     def _gamma(z, gamma):
-        """gamma as [B], in z's float type (float32, or float64 for high-precision references)."""
+        """gamma as [B] (or [B, d], one per dimension), in z's float type (float32, or float64 for references)."""
         dtype = z.dtype if jnp.issubdtype(z.dtype, jnp.floating) else jnp.float32
-        return jnp.broadcast_to(jnp.asarray(gamma, dtype), z.shape[:1])
+        gamma = jnp.asarray(gamma, dtype)
+        return gamma if gamma.ndim == 2 else jnp.broadcast_to(gamma, z.shape[:1])
 
     def log_posterior(self, z, gamma):
         """log p(k | z_t) [B, K]: the exact noise-conditional classifier when labels are components."""
@@ -81,14 +99,17 @@ class GaussianMixture:
     def score(self, z, gamma):
         """∇_z log q(z_t) = −Σ_k w_k C_k⁻¹ (z − α μ_k), [B, d]."""
         gamma = self._gamma(z, gamma)
-        proj, var = self._in_eigenbasis(z, gamma)
         w = jax.nn.softmax(self._log_joint(z, gamma), -1)  # responsibilities [B, K]
+        if gamma.ndim == 2:
+            return -jnp.einsum("bk,bkd->bd", w, self._per_dimension(z, gamma)[1])
+        proj, var = self._in_eigenbasis(z, gamma)
         return -jnp.einsum("bk,bke,kde->bd", w, proj / var, self._eigh[1])
 
     def eps_hat(self, z, gamma):
         """The optimal denoiser E[ε | z_t] = −σ_t ∇ log q(z_t), [B, d]."""
         gamma = self._gamma(z, gamma)
-        return -jnp.sqrt(jax.nn.sigmoid(gamma))[:, None] * self.score(z, gamma)
+        sigma = jnp.sqrt(jax.nn.sigmoid(gamma))
+        return -(sigma if gamma.ndim == 2 else sigma[:, None]) * self.score(z, gamma)
 
 
 def three_blobs() -> GaussianMixture:
