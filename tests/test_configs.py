@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from vdm.core.elbo_estimator import ElboEstimator
 from vdm.config.validation import ConfigError, apply_overrides, load_config_file, load_config_module, validate
 from vdm.data import datasets, pipeline as data
 from vdm.model import VDM
@@ -71,7 +72,8 @@ def _trace(config) -> None:
     b = config.eval.batch_size
     eval_batch = {"images": jax.ShapeDtypeStruct((b, *config.data.image_shape), jnp.uint8),
                   "labels": jax.ShapeDtypeStruct((b,), jnp.int32), "index": jax.ShapeDtypeStruct((b,), jnp.int32)}
-    terms = jax.eval_shape(make_eval_step(model), state.ema_params, eval_batch, key)
+    estimator = ElboEstimator.from_config(config.eval)  # the config's, as the run's evaluation uses
+    terms = jax.eval_shape(make_eval_step(model, estimator=estimator), state.ema_params, eval_batch, key)
     assert terms["bpd"].shape == (b,)
 
 
