@@ -13,6 +13,14 @@ results/<name>.md and a figure:
               python -m experiments.reproduce_fourier             (results/fourier.md)
   prediction  eps / x / v prediction under the same ELBO, 2 seeds
               python -m experiments.reproduce_prediction          (results/prediction.md)
+  learned_noise, learned_noise_patches
+              scalar learned endpoints, scalar fixed at MuLAN's endpoints (the control), the
+              variance-minimising monotone net, MuLAN's per-pixel polynomial
+              schedule without and with its top-k latent (8 slots, 3 on), 3 seeds, on digits and on 16x16x3
+              photo patches; the schedules' learning rate 10x the network's, every variant evaluated with
+              the schedule's own time density; eps-prediction, as in the other variants (v ties with it
+              here: results/prediction.md)
+              python -m experiments.reproduce_learned_noise       (results/learned_noise.md)
   weighting   the diffusion loss's weighting w(lambda) (elbo, sigmoid b = -2 / 2, edm, edm_monotonic,
               eps_mse) under the demo's fixed alpha-cosine schedule on [-8, 5], 2 seeds, 600 steps:
               test bpd (the ELBO) against FD-digits of 1000 DPM-Solver++ 2M samples at 20 NFE
@@ -29,7 +37,7 @@ import os
 
 from vdm.config.validation import load_config_file
 
-VARIANTS = (None, "steps", "schedule", "fourier", "prediction", "weighting")  # the values get_config(arg) accepts
+VARIANTS = (None, "steps", "schedule", "fourier", "prediction", "weighting", "learned_noise", "learned_noise_patches")  # the values get_config(arg) accepts
 
 
 def get_config(arg=None):
@@ -61,27 +69,39 @@ def get_config(arg=None):
         c.training.eval_every = 20_000
         c.checkpoint.every_steps = 20_000
     elif arg == "fourier":
-        c.data.name = "photo_patches16"
-        c.data.image_shape = (16, 16, 3)
-        c.data.vocab_size = 256
-        c.data.num_classes = 2
+        _photo_patches16(c)
         c.model.fourier_scale = 1.0
-        c.schedule.gamma_min = -13.3  # 8-bit data: the paper's range
-        c.training.batch_size = 32
-        c.training.num_steps = 400
-        c.training.eval_every = 400
-        c.checkpoint.every_steps = 200
-        c.eval.batch_size = 260
-        c.eval.num_samples = 16
     elif arg == "weighting":
         c.schedule.name = "alpha_cosine"  # fixed (only the ELBO trains learned endpoints): the demo's schedule
         c.eval.num_samples = 1000  # FD-digits / KID-digits of 1000 samples
         c.eval.sampler = "dpm_solver_pp_2m"
         c.eval.sampler_steps = 20
+    elif arg in ("learned_noise", "learned_noise_patches"):
+        c.optim.schedule_lr_scale = 10.0  # at the network's 2e-3 a per-pixel shape barely leaves linear in 600 steps
+        c.eval.time_density = "schedule"  # the one density every schedule here has, per-pixel ones included
+        c.schedule.latent_dim = 8
+        c.schedule.latent_k = 3
+        if arg == "learned_noise_patches":
+            _photo_patches16(c)
+            c.model.fourier_features = False  # at this size they cost 1.4 bpd on these patches (results/fourier.md)
     else:
-        raise ValueError(f"configs/repro.py: unknown variant {arg!r}; expected steps, schedule, fourier, prediction "
-                         "or weighting")
+        raise ValueError(f"configs/repro.py: unknown variant {arg!r}; expected one of {VARIANTS[1:]}")
     return c
+
+
+def _photo_patches16(c):
+    """16x16x3 8-bit patches of sklearn's two photographs, 400 steps of batch 32."""
+    c.data.name = "photo_patches16"
+    c.data.image_shape = (16, 16, 3)
+    c.data.vocab_size = 256
+    c.data.num_classes = 2
+    c.schedule.gamma_min = -13.3  # 8-bit data: the paper's range
+    c.training.batch_size = 32
+    c.training.num_steps = 400
+    c.training.eval_every = 400
+    c.checkpoint.every_steps = 200
+    c.eval.batch_size = 260
+    c.eval.num_samples = 16
 
 
 def get_sweep(arg=None):
@@ -99,4 +119,15 @@ def get_sweep(arg=None):
                       {"loss.weighting": "sigmoid", "loss.weighting_bias": 2.0}, {"loss.weighting": "edm"},
                       {"loss.weighting": "edm_monotonic"}, {"loss.weighting": "eps_mse"}]
         return [{**w, "training.seed": s} for w in weightings for s in (0, 1)]
+    if arg in ("learned_noise", "learned_noise_patches"):
+        return [{**v, "training.seed": s} for v in LEARNED_NOISE for s in (0, 1, 2)]
     raise ValueError(f"configs/repro.py: no sweep for variant {arg!r}")
+
+
+LEARNED_NOISE = (  # the schedules of experiments/reproduce_learned_noise.py
+    {"schedule.name": "learned_linear", "schedule.latent": "none"},
+    {"schedule.name": "fixed_linear", "schedule.latent": "none"},  # the control: MuLAN's endpoints, fixed
+    {"schedule.name": "monotone_net", "schedule.latent": "none", "schedule.interior_objective": "variance"},
+    {"schedule.name": "mulan", "schedule.latent": "none"},
+    {"schedule.name": "mulan", "schedule.latent": "topk"},
+)

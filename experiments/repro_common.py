@@ -22,8 +22,8 @@ RESULTS = os.path.join(ROOT, "results")
 PAPER_CONFIG = "configs/cifar10.py"
 
 
-def parse_args(name: str, doc: str, variant: str, extra=None):
-    """Common flags; returns (args, config_arg, points, root)."""
+def parse_args(name: str, doc: str, variant: str, extra=None, paper_config: str = PAPER_CONFIG):
+    """Common flags; returns (args, config_arg, points, root). paper_config: what --size=paper trains."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--size", choices=("small", "paper"), default="small")
     parser.add_argument("--root", help="sweep workdirs (default runs/repro[_paper]/<name>)")
@@ -36,7 +36,7 @@ def parse_args(name: str, doc: str, variant: str, extra=None):
         extra(parser)
     args = parser.parse_args()
     points = sweep.load_sweep(f"configs/repro.py:{variant}")
-    config_arg = f"configs/repro.py:{variant}" if args.size == "small" else PAPER_CONFIG
+    config_arg = f"configs/repro.py:{variant}" if args.size == "small" else paper_config
     root = args.root or os.path.join(ROOT, "runs", "repro" if args.size == "small" else "repro_paper", name)
     if args.slurm:
         sweep.slurm_script(config_arg, points, root, args.slurm)
