@@ -20,7 +20,7 @@ EMA 0.9999; batch 128; 10M steps; the ELBO in continuous time with v-prediction.
   python -m vdm.main --config=configs/cifar10.py:mulan --workdir=runs/cifar10_mulan
   python -m vdm.main --config=configs/cifar10.py:mulan --workdir=runs/cifar10_mulan --mode=likelihood
 MuLAN publishes 2.55 test bits/dim (its ODE likelihood with i-DODE's truncated-normal
-dequantisation, the third line of --mode=likelihood) after 10M steps. Why v-prediction: MuLAN's
+dequantisation, the `ODE, truncated_normal` line of --mode=likelihood) after 10M steps. Why v-prediction: MuLAN's
 "velocity" loss, 1/2 (1 - sigma_t^2) gamma'(t) |v - v_hat|^2, is this codebase's ELBO diffusion
 loss with model.prediction = v, since eps - eps_hat = alpha_t (v - v_hat) exactly; errors of v_hat
 reach eps_hat times alpha_t <= 1 (x-prediction would multiply them by alpha_t / sigma_t, up to 775

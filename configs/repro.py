@@ -14,10 +14,12 @@ results/<name>.md and a figure:
   prediction  eps / x / v prediction under the same ELBO, 2 seeds
               python -m experiments.reproduce_prediction          (results/prediction.md)
   learned_noise, learned_noise_patches
-              scalar learned endpoints, scalar fixed at MuLAN's endpoints (the control), the
+              scalar learned endpoints, scalar fixed at [gamma_min, gamma_max] (the control: the endpoints
+              the per-pixel schedules keep), the
               variance-minimising monotone net, MuLAN's per-pixel polynomial
               schedule without and with its top-k latent (8 slots, 3 on), 3 seeds, on digits and on 16x16x3
-              photo patches; the schedules' learning rate 10x the network's, every variant evaluated with
+              photo patches; the schedules' shapes (and MuLAN's encoder and head) at 10x the network's
+              learning rate, endpoints at 1x; every variant evaluated with
               the schedule's own time density; eps-prediction, as in the other variants (v ties with it
               here: results/prediction.md)
               python -m experiments.reproduce_learned_noise       (results/learned_noise.md)
@@ -126,7 +128,7 @@ def get_sweep(arg=None):
 
 LEARNED_NOISE = (  # the schedules of experiments/reproduce_learned_noise.py
     {"schedule.name": "learned_linear", "schedule.latent": "none"},
-    {"schedule.name": "fixed_linear", "schedule.latent": "none"},  # the control: MuLAN's endpoints, fixed
+    {"schedule.name": "fixed_linear", "schedule.latent": "none"},  # the control: the per-pixel schedules' endpoints, fixed
     {"schedule.name": "monotone_net", "schedule.latent": "none", "schedule.interior_objective": "variance"},
     {"schedule.name": "mulan", "schedule.latent": "none"},
     {"schedule.name": "mulan", "schedule.latent": "topk"},

@@ -27,8 +27,7 @@ OVERRIDES = ["--config.checkpoint.every_steps=2", "--config.checkpoint.max_to_ke
              *[f"--config.{k}={v}" for k, v in LIGHT_EVAL.items()]]
 
 
-MULAN = ("--config.schedule.name=mulan", "--config.eval.time_density=schedule",  # one gamma per dimension, per image
-         "--config.schedule.latent=topk")
+MULAN = ("--config.schedule.name=mulan", "--config.eval.time_density=schedule")  # one gamma per dimension, per image
 
 
 def _command(workdir, extra=()):
@@ -100,12 +99,14 @@ def test_kill_9_mid_run_then_rerun_gives_the_uninterrupted_parameters(tmp_path, 
 
 
 @pytest.mark.slow
-def test_a_mulan_run_killed_mid_run_resumes_to_the_uninterrupted_parameters(tmp_path):
-    """The same with one gamma per dimension of each image (schedule.name=mulan with its top-k latent, MuLAN's): the
-    learned schedule, the encoder and the latent draws resume bitwise too."""
-    code, _, err = _run(tmp_path / "reference", MULAN)
+@pytest.mark.parametrize("latent", ["topk", "gaussian"])
+def test_a_mulan_run_killed_mid_run_resumes_to_the_uninterrupted_parameters(tmp_path, latent):
+    """The same with one gamma per dimension of each image (schedule.name=mulan with its top-k latent, MuLAN's, or
+    the Gaussian one): the learned schedule, the encoder and the latent draws resume bitwise too."""
+    extra = (*MULAN, f"--config.schedule.latent={latent}")
+    code, _, err = _run(tmp_path / "reference", extra)
     assert code == 0, err[-3000:]
-    _kill_9_at_step_4_then_rerun(tmp_path / "run", MULAN)
+    _kill_9_at_step_4_then_rerun(tmp_path / "run", extra)
     reference = _final_state(tmp_path / "reference")
     assert any(leaf.ndim == 3 for leaf in reference)  # the per-dimension coefficients [8, 8, 1] are in the state
     _assert_same(_final_state(tmp_path / "run"), reference)

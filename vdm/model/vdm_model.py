@@ -155,7 +155,8 @@ class VDM:
 
     def gamma_fn(self, params, latent=None):
         """t [B] -> gamma [B] (or [B, ...] per dimension) for these parameters. With MuLAN's latent, latent [B, d]
-        gives each example its own schedule (t must then be [B]); None: the schedule of c = 0 for any batch."""
+        gives each example its own schedule (t must then be [B]); None: the schedule of the prior's mean latent E_p[c]
+        for any batch."""
         if not self.latent_dim:
             return functools.partial(self.schedule, params["schedule"])
 
@@ -165,18 +166,18 @@ class VDM:
         if latent is not None:  # computed once, not at every evaluation of gamma (samplers call it every step)
             offsets = offsets_of(latent)
             return lambda t: self.schedule(params["schedule"], t, offsets)
-        return lambda t: self.schedule(params["schedule"], t, offsets_of(jnp.zeros((jnp.shape(t)[0], self.latent_dim))))
+        return lambda t: self.schedule(params["schedule"], t, offsets_of(self._latent.prior_mean(jnp.shape(t)[0])))
 
     def eps_hat_fn(self, params, labels=None, cond=None, dropout_key=None, latent=None):
         """(z [B, ...], gamma [B]) -> eps_hat [B, ...] float32. Dropout is on iff a dropout_key is given.
-        latent [B, d]: MuLAN's c, appended to the network's conditioning (zeros if None)."""
+        latent [B, d]: MuLAN's c, appended to the network's conditioning (E_p[c] if None)."""
 
         def eps_hat(z, gamma):
             rngs = {} if dropout_key is None else {"dropout": dropout_key}
             conditioning = cond
             if self.latent_dim:
                 b = z.shape[0]
-                c = jnp.zeros((b, self.latent_dim)) if latent is None else latent
+                c = self._latent.prior_mean(b) if latent is None else latent
                 base = jnp.zeros((b, self.net.cond_dim - self.latent_dim)) if cond is None else cond
                 conditioning = jnp.concatenate([base.astype(jnp.float32), c], axis=-1)
             out = self.net.apply(

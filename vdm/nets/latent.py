@@ -9,9 +9,11 @@ topk:      c in {0, 1}^d with k ones (MuLAN's discrete latent). q(. | x) draws k
            drawn exactly as the top k of l + Gumbel noise); p draws them uniformly. The latent is the ordered draw
            pi = (pi_1 .. pi_k), the schedule sees only the set. With q_j = softmax of l over the slots left at draw j,
                KL(q(pi | x) || p(pi)) = E_q sum_{j=1..k} [ sum_i q_j(i) log q_j(i) + log(d - j + 1) ]
-           and `topk_kl` returns the bracket's sum for the sampled prefix: an unbiased estimate, exact for k = 1
-           (then it is MuLAN's KL(softmax(l) || Uniform(d)), which is its first term for any k). The ordered draw's
-           KL is at least the set's, so the ELBO stays a bound. c = hard multi-hot, with gradients through
+           and `topk_kl` returns the bracket's sum for the sampled prefix: its value is an unbiased estimate, exact
+           for k = 1 (then it is MuLAN's KL(softmax(l) || Uniform(d)), which is its first term for any k). Its
+           gradient holds the drawn order fixed (no score-function term for how the prefix depends on l), so for
+           k > 1 it is not the KL's exact gradient, like the straight-through latent's. The ordered draw's KL is
+           at least the set's, so the ELBO stays a bound. c = hard multi-hot, with gradients through
            MuLAN's soft stand-in (the centred, normalised noisy logits; straight-through). MuLAN perturbs the
            logits with sums of Gamma draws; Gumbel noise is used here because then q is known exactly.
 
@@ -102,6 +104,10 @@ class GaussianLatent:
     def prior(self, noise):
         return noise
 
+    def prior_mean(self, batch_size: int):
+        """E_p[c] [B, d] = 0: the latent of a model asked for 'the' schedule without one."""
+        return jnp.zeros((batch_size, self.dim))
+
 
 @dataclasses.dataclass(frozen=True)
 class TopKLatent:
@@ -132,6 +138,10 @@ class TopKLatent:
 
     def prior(self, noise):
         return self._multi_hot(noise)[0]
+
+    def prior_mean(self, batch_size: int):
+        """E_p[c] [B, d] = k / d per slot (zero is no top-k latent's value)."""
+        return jnp.full((batch_size, self.dim), self.k / self.dim)
 
 
 LATENTS = Registry("schedule latent", {
