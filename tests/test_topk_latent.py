@@ -89,6 +89,9 @@ def test_prior_draws_every_set_of_k_slots_equally_often():
     p = 1 / math.comb(D, K)
     assert counts.sum() == n
     assert np.all(np.abs(counts / n - p) < 4 * math.sqrt(p * (1 - p) / n))
+    # the prior's mean, the latent a model uses when asked for its schedule without one: k / d per slot
+    mean = np.asarray(TopKLatent(D, K).prior_mean(1))[0]
+    assert np.all(np.abs(c.mean(0) - mean) < 4 * np.sqrt(mean * (1 - mean) / n)), (c.mean(0), mean)
 
 
 def test_gradients_reach_the_logits_through_the_straight_through_latent_and_the_kl():
