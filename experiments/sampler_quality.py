@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-SAMPLERS = ("ancestral", "ddim", "ode", "pc", "dpm_solver_pp_2m", "dpm_solver_pp_3m")
+SAMPLERS = ("ancestral", "ddim", "ode", "pc", "dpm_solver_pp_2m", "dpm_solver_pp_3m", "ipndm", "unipc_2", "unipc_3")
 
 
 def _mean_se(values):

@@ -259,7 +259,7 @@ def mulan_gamma_fn(t):
 
 def _mulan_sampler(name):
     fn = sampling.SAMPLERS[name].fn
-    if name.startswith("dpm_solver"):  # their default grid is uniform in one log-SNR, which this schedule has not
+    if sampling.SAMPLERS[name].log_snr_grid:  # their default grid is uniform in one log-SNR, which this schedule has not
         fn = functools.partial(fn, grid="uniform_t")
     steps = {"annealed_langevin": 100, "pc": 100, "reverse_sde": 200, "ode": 50, "ddim": 100, "ancestral": 100}
     return lambda k, f: fn(k, f, mulan_gamma_fn, (N, 2), steps.get(name, 20))

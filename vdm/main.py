@@ -2,7 +2,7 @@
                  [--mode=train|eval|sample|likelihood|sample_quality] [--config.some.key=value ...]
                  [--sampler=ancestral|ddim|ode|ode_adaptive|reverse_sde|pc|annealed_langevin|dpm_solver_pp_2m|...
                   --steps=N --guidance=W --label=K]
-                 [--mode=sample_quality --sampler=NAME[,NAME...] --steps=NFE[,NFE...]]
+                 [--mode=sample_quality --sampler=NAME[,NAME...] --steps=NFE[,NFE...] --metric=inception --samples=N]
                  [--distributed | --coordinator_address=HOST:PORT --num_processes=N --process_id=I]
                  [--verbose]
 
@@ -43,6 +43,13 @@ _STEPS = flags.DEFINE_list("steps", None, "--mode=sample: sampler steps (default
                           "--mode=sample_quality: network evaluations (NFE), a comma list, e.g. 10,20,50,100.")
 _GUIDANCE = flags.DEFINE_float("guidance", 0.0, "--mode=sample: classifier-free guidance weight w.")
 _LABEL = flags.DEFINE_integer("label", -1, "--mode=sample: class of every sample; -1 = all classes in turn.")
+_METRIC = flags.DEFINE_enum("metric", "auto", ["auto", "digits", "inception"],
+                            "--mode=sample_quality: FD-digits (digits' default) or Inception FID / KID / IS / "
+                            "precision-recall (the others' default; needs the converted weights, docs/sampling.md).")
+_SAMPLES = flags.DEFINE_integer("samples", None, "--mode=sample_quality: samples per sampler and NFE "
+                                "(default: eval.num_samples for digits, 50000 for inception).")
+_REFERENCE_IMAGES = flags.DEFINE_integer("reference_images", 50_000, "--metric=inception: train images in the "
+                                         "reference statistics (a seeded subset of larger splits; cached).")
 _PROBE = flags.DEFINE_enum("probe", "rademacher", ["rademacher", "gaussian"], "--mode=likelihood: Hutchinson probe.")
 _MAX_EXAMPLES = flags.DEFINE_integer("max_examples", 0, "--mode=likelihood: first N test examples (0 = all).")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "jax.distributed.initialize() with the cluster auto-detected.")
@@ -149,7 +156,8 @@ def main(argv):
         from vdm.training import sample_quality
 
         sample_quality.sample_quality_run(config, _WORKDIR.value, _SAMPLER.value.split(","), _steps() or [10, 20, 50, 100],
-                                          _STEP.value, _SEED.value, _GUIDANCE.value)
+                                          _STEP.value, _SEED.value, _GUIDANCE.value, _METRIC.value, _SAMPLES.value,
+                                          _REFERENCE_IMAGES.value)
     else:
         evaluation.likelihood_run(config, _WORKDIR.value, _STEP.value, _PROBE.value, _MAX_EXAMPLES.value, _SEED.value)
 

@@ -211,7 +211,9 @@ class Source:
         self.name, self.split = name, split
         self.spec = get_spec(name)
         tfds_split = self.spec.train_split if split == "train" else self.spec.test_split
-        self._source = builder(name, data_dir).as_data_source(split=tfds_split)
+        b = builder(name, data_dir)
+        self.version = str(b.info.version)  # the tfds version of the prepared files
+        self._source = b.as_data_source(split=tfds_split)
         self._arrays = self._read_all() if self.spec.bundled else None
 
     def __len__(self):

@@ -3,6 +3,7 @@
     discrete.py    ancestral sampling (the VDM posterior steps) and DDIM on t_i = i / T; decoding z_0
     sde.py         the continuous-time view: probability-flow ODE, reverse-time SDE, Langevin dynamics
     dpm_solver.py  DPM-Solver++ multistep (2nd / 3rd order) in lambda = -gamma / 2: few-step deterministic sampling
+    multistep.py   iPNDM (variable-step Adams-Bashforth in alpha / sigma) and UniPC (predictor + corrector): few-step too
     grids.py       time grids of every sampler (GRIDS): uniform in t, in log-SNR, Karras et al.'s rho = 7
     likelihood.py  log-likelihood through the probability-flow ODE, dequantisations
     guidance.py    classifier-free and classifier guidance: a guided eps_hat_fn for any sampler
@@ -22,9 +23,10 @@ from vdm.registry import Registry
 from vdm.sampling import sde
 from vdm.sampling.discrete import ancestral_sample, ddim_sample, decode
 from vdm.sampling.dpm_solver import dpm_solver_pp_2m, dpm_solver_pp_3m
+from vdm.sampling.multistep import ipndm, unipc_2, unipc_3
 
 __all__ = ["SAMPLERS", "Sampler", "get_sampler", "ancestral_sample", "ddim_sample", "dpm_solver_pp_2m",
-           "dpm_solver_pp_3m", "decode"]
+           "dpm_solver_pp_3m", "ipndm", "unipc_2", "unipc_3", "decode"]
 
 
 def _one_per_step(num_steps: int) -> int:
@@ -77,6 +79,10 @@ SAMPLERS = Registry("sampler", {
                                 log_snr_grid=True),
     "dpm_solver_pp_3m": Sampler(dpm_solver_pp_3m, "DPM-Solver++(3M), uniform in log-SNR, {nfe} NFE",
                                 log_snr_grid=True),
+    "ipndm": Sampler(ipndm, "iPNDM (4th-order Adams-Bashforth on eps_hat in sigma / alpha), uniform in log-SNR, {nfe} NFE",
+                     log_snr_grid=True),
+    "unipc_2": Sampler(unipc_2, "UniPC, UniP-2 + UniC (3rd order), uniform in log-SNR, {nfe} NFE", log_snr_grid=True),
+    "unipc_3": Sampler(unipc_3, "UniPC, UniP-3 + UniC (4th order), uniform in log-SNR, {nfe} NFE", log_snr_grid=True),
 })
 
 

@@ -18,7 +18,6 @@ upwards by finite samples. Other datasets take any features(images) -> [N, F] th
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -30,7 +29,7 @@ from vdm import sampling
 from vdm.config.validation import sampler_schedule_problem
 from vdm.errors import ConfigError
 from vdm.metrics import feature_distances
-from vdm.training import distributed, generation
+from vdm.training import distributed, generation, outputs
 from vdm.training.run import Run
 
 
@@ -81,12 +80,31 @@ def format_row(r: dict) -> str:
 TABLE_HEAD = "| sampler | NFE | FD | KID ± s.e. | digit-check ratio | seconds |\n|---|---|---|---|---|---|"
 
 
-def sample_quality_run(config, workdir: str, samplers, nfes, step: int | None = None, seed: int = 0,
-                       guidance: float = 0.0) -> dict:
-    """Prints the table (sampler, NFE, FD, KID ± s.e., digit-check ratio, seconds), writes sample_quality.json.
+METRICS = ("auto", "digits", "inception")
 
-    samplers: names in `vdm.sampling.SAMPLERS`; nfes: budgets of network evaluations. Samplers whose
-    evaluations are not fixed (ode_adaptive) or exceed a budget at one step are reported and skipped.
+
+def resolve_metric(dataset: str, metric: str) -> str:
+    """'auto' -> 'digits' on digits (FD-digits), 'inception' elsewhere; 'digits' needs the digits dataset."""
+    if metric not in METRICS:
+        raise ConfigError(f"--metric={metric!r}; expected one of {list(METRICS)}")
+    if metric == "auto":
+        return "digits" if dataset == "digits" else "inception"
+    if metric == "digits" and dataset != "digits":
+        raise ConfigError(f"--metric=digits measures digits; for {dataset!r} use --metric=inception")
+    return metric
+
+
+def sample_quality_run(config, workdir: str, samplers, nfes, step: int | None = None, seed: int = 0,
+                       guidance: float = 0.0, metric: str = "auto", num_samples: int | None = None,
+                       reference_images: int = 50_000) -> dict:
+    """Prints a table per sampler and NFE, writes sample_quality.json in the workdir.
+
+    metric 'digits' (digits' default): FD, KID ± s.e., digit-check ratio, seconds against the test digits, with
+    eval.num_samples samples (or num_samples); 'inception' (every other dataset's default): FID, KID, IS,
+    precision / recall against the train split's Inception statistics (`vdm.training.inception_quality`),
+    num_samples (default 50,000) each, reference_images train images in the reference. samplers: names in
+    `vdm.sampling.SAMPLERS`; nfes: budgets of network evaluations. Samplers whose evaluations are not fixed
+    (ode_adaptive) or exceed a budget are reported and skipped.
     """
     unknown = [s for s in samplers if s not in sampling.SAMPLERS]
     if unknown:
@@ -94,24 +112,26 @@ def sample_quality_run(config, workdir: str, samplers, nfes, step: int | None = 
     problems = [p for p in (sampler_schedule_problem(config.schedule.name, s) for s in samplers) if p]
     if problems:
         raise ConfigError(f"--sampler={problems[0]}")
-    if config.data.name != "digits":
-        raise ConfigError(f"--mode=sample_quality measures FD-digits / KID-digits; for {config.data.name!r} call "
-                          "vdm.training.sample_quality.measure with your own features (docs/sampling.md)")
+    metric = resolve_metric(config.data.name, metric)
+    network = None
+    if metric == "inception":
+        from vdm.training import inception_quality
+
+        network = inception_quality.Network.load(config.data.data_dir or None)  # before anything slow
     run = Run(config, workdir)
     state = run.restore(step)
-    features, ratio_fn, dataset = _digits_tools(config.data.data_dir or None)
-    n = config.eval.num_samples
+    n = num_samples or (config.eval.num_samples if metric == "digits" else 50_000)
     labels = None
     if run.model.class_conditional:
         labels = jnp.asarray(np.arange(n) % run.model.num_classes, jnp.int32)
     elif guidance:
         raise ConfigError("--guidance needs a class-conditional model (model.class_conditional=True)")
-    test = dataset.test.images
-    real = dataset.train.images[np.random.default_rng(seed).permutation(len(dataset.train.images))[:n]]
-    rows = [{"sampler": "real", "nfe": None, "steps": None, "seconds": None, **measure(real, test, features, ratio_fn)}]
+    if metric == "digits":
+        rows, head, measure_point, fmt, reference = _digits_measure(config, run, n, seed, labels, guidance)
+    else:
+        rows, head, measure_point, fmt, reference = _inception_measure(config, run, n, network, guidance, reference_images)
     if run.main:
-        print(f"{n} samples each against the {len(test)} test digits (FD-digits, KID-digits); "
-              f"'real': {len(real)} training digits\n{TABLE_HEAD}\n{format_row(rows[0])}", flush=True)
+        print("\n".join([head, *map(fmt, rows)]), flush=True)
     for name in samplers:
         entry = sampling.SAMPLERS[name]
         for nfe in nfes:
@@ -120,20 +140,50 @@ def sample_quality_run(config, workdir: str, samplers, nfes, step: int | None = 
                 if run.main:
                     print(f"| {name} | {nfe} | skipped: {entry.describe(1)} does not fit {nfe} evaluations |", flush=True)
                 continue
-            key = jax.random.key(seed)
-            samples, seconds = timed_samples(run, state.ema_params, key, n, name, steps, labels, float(guidance))
-            row = {"sampler": name, "nfe": entry.nfe(steps), "steps": steps, "seconds": seconds,
-                   "description": entry.describe(steps), **measure(samples, test, features, ratio_fn)}
+            row = {"sampler": name, "nfe": entry.nfe(steps), "steps": steps, "description": entry.describe(steps),
+                   **measure_point(state.ema_params, jax.random.key(seed), name, steps)}
             rows.append(row)
             if run.main:
-                print(format_row(row), flush=True)
-    result = {"workdir": os.path.abspath(workdir), "step": int(state.step), "num_samples": n, "seed": seed,
-              "guidance": guidance, "reference": f"{len(test)} test digits",
-              "rows": rows}
+                print(fmt(row), flush=True)
+    result = {"workdir": os.path.abspath(workdir), "step": int(state.step), "metric": metric, "num_samples": n,
+              "seed": seed, "guidance": guidance, "reference": reference, "rows": rows}
     if run.main:
         path = os.path.join(workdir, "sample_quality.json")
-        with open(path, "w") as f:
-            json.dump(result, f, indent=2)
+        outputs.write_json(path, result)
         print(f"sample_quality={os.path.abspath(path)}", flush=True)
     return result
 
+
+def _digits_measure(config, run, n, seed, labels, guidance):
+    """FD-digits: (first rows, table head, measure(params, key, sampler, steps) -> row fields, format, reference)."""
+    features, ratio_fn, dataset = _digits_tools(config.data.data_dir or None)
+    test = dataset.test.images
+    real = dataset.train.images[np.random.default_rng(seed).permutation(len(dataset.train.images))[:n]]
+    rows = [{"sampler": "real", "nfe": None, "steps": None, "seconds": None, **measure(real, test, features, ratio_fn)}]
+    head = (f"{n} samples each against the {len(test)} test digits (FD-digits, KID-digits); "
+            f"'real': {len(real)} training digits\n{TABLE_HEAD}")
+
+    def measure_point(params, key, sampler, steps):
+        samples, seconds = timed_samples(run, params, key, n, sampler, steps, labels, float(guidance))
+        return {"seconds": seconds, **measure(samples, test, features, ratio_fn)}
+
+    return rows, head, measure_point, format_row, f"{len(test)} test digits"
+
+
+def _inception_measure(config, run, n, network, guidance, reference_images):
+    """Inception FID / KID / IS / precision-recall: the same five things as `_digits_measure`."""
+    from vdm.training import inception_quality as iq
+
+    reference = iq.reference_statistics(config, network, run.mesh, reference_images, show=run.main)
+    labels_for = None
+    if run.model.class_conditional:
+        def labels_for(lo, hi):
+            return jnp.asarray(np.arange(lo, hi) % run.model.num_classes, jnp.int32)
+
+    def measure_point(params, key, sampler, steps):
+        pool, logits, seconds = iq.sample_features(run, params, key, n, sampler, steps, labels_for or (lambda *_: None),
+                                                   float(guidance), network, show=run.main)
+        return {"seconds": seconds, **iq.inception_measures(pool, logits, reference)}
+
+    described = iq.describe(reference, network, n)
+    return [], f"{described}\n{iq.TABLE_HEAD}", measure_point, iq.format_row, described
