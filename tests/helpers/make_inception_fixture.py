@@ -3,7 +3,7 @@
 Run outside the project's environment, in a throw-away virtualenv with the reference implementation:
 
     python3 -m venv /tmp/fidvenv && /tmp/fidvenv/bin/pip install torch torchvision pytorch-fid==0.3.0 numpy
-    /tmp/fidvenv/bin/python tests/helpers/make_inception_fixture.py
+    PYTHONPATH=. /tmp/fidvenv/bin/python tests/helpers/make_inception_fixture.py   # from the repository root
 
 (the fixture in the repository was made with pytorch-fid 0.3.0, torch / torchvision as printed into the file's
 `versions` entry). No weights are downloaded: pytorch-fid's loader is handed
@@ -15,7 +15,6 @@ included) and the logits of `fid_inception_v3().fc` on them [N, 1008].
 """
 
 import os
-import sys
 
 import numpy as np
 
@@ -37,8 +36,7 @@ def main() -> None:
     import torchvision
     from pytorch_fid import inception as fid
 
-    sys.path.insert(0, ROOT)
-    from vdm.metrics.inception_weights import random_state_dict
+    from vdm.metrics.inception_weights import random_state_dict  # numpy only: PYTHONPATH=. (see above)
 
     torch.set_num_threads(2)
     # pytorch-fid's architecture (fid_inception_v3 without its download) for the names and shapes
